@@ -1,0 +1,237 @@
+"""The ``gendistill`` command line.
+
+Every user error exits with status 2 and one line on stderr (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import GendistillError
+
+__all__ = ["main"]
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help="dataset folder (default: $GENDISTILL_DATA, else ~/.cache/gendistill/data)")
+    p.add_argument("--download", action="store_true", help="download the dataset if missing")
+
+
+def _add_eval_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    p.add_argument(f"--{prefix}protocol", default=None, help="dc, dsa, mtt, idc, soft, or a YAML file")
+    p.add_argument(f"--{prefix}model", default=None, help="evaluation network (default: the protocol's)")
+    p.add_argument(f"--{prefix}runs", type=int, default=None, help="networks to train (default: 5)")
+    p.add_argument(f"--{prefix}epochs", type=int, default=None, help="override epochs (marks a reduced run)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gendistill", description="Dataset distillation toolkit")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("methods", help="list registered methods")
+    sub.add_parser("datasets", help="list registered datasets")
+    sub.add_parser("networks", help="list registered networks")
+
+    p = sub.add_parser("distill", help="distill a dataset into a synthetic set")
+    p.add_argument("--method", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--ipc", type=int, required=True, help="images per class")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--preset", default=None, help="preset name, e.g. cpu (default: the published setting)")
+    p.add_argument("--config", default=None, help="YAML file of method settings")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--zca", choices=["kornia", "kip"], default=None, help="whiten the dataset with ZCA")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--grid-every", type=int, default=0)
+    p.add_argument("--eval", dest="eval_protocol", default=None, help="evaluate afterwards with this protocol")
+    p.add_argument("--eval-runs", type=int, default=None)
+    p.add_argument("--eval-epochs", type=int, default=None)
+    _add_data_args(p)
+
+    p = sub.add_parser("eval", help="evaluate a synthetic set under one protocol")
+    p.add_argument("--synset", required=True, help="synthetic-set folder")
+    p.add_argument("--dataset", default=None, help="default: the dataset recorded in the set")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the result here")
+    p.add_argument("--device", default="cpu")
+    _add_eval_args(p)
+    _add_data_args(p)
+
+    p = sub.add_parser("export", help="export a synthetic set")
+    p.add_argument("--synset", required=True)
+    p.add_argument("--format", choices=["imagefolder", "grid"], default="imagefolder")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("import", help="import a reference repository's output (.pt)")
+    p.add_argument("--format", choices=["dc", "mtt"], required=True, help="dc: res_*.pt; mtt: folder of *_best.pt")
+    p.add_argument("--path", required=True)
+    p.add_argument("--dataset", required=True, help="the dataset it was distilled from")
+    p.add_argument("--method", default=None, help="method name to record")
+    p.add_argument("--out", required=True, help="synthetic-set folder to write")
+    p.add_argument("--trust-pickle", action="store_true", help="allow pickled objects (runs code from the file)")
+    _add_data_args(p)
+
+    p = sub.add_parser("table", help="markdown table of result.json files")
+    p.add_argument("paths", nargs="+")
+
+    p = sub.add_parser("quickstart", help="a few-minute tour: distill, evaluate, table and grids")
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--methods", default=None, help="comma-separated subset")
+    p.add_argument("--data-root", default=None)
+    return parser
+
+
+def _cmd_distill(args) -> int:
+    from .data import load_dataset
+    from .pipeline import distill, evaluate_run
+
+    splits = load_dataset(args.dataset, args.data_root, download=args.download, zca=args.zca)
+    synset = distill(args.method, splits, args.ipc, args.out, seed=args.seed, preset=args.preset,
+                     config_file=args.config, overrides=args.set, resume=args.resume, progress=not args.quiet,
+                     checkpoint_every=args.checkpoint_every, log_every=args.log_every, grid_every=args.grid_every)
+    print(f"wrote {Path(args.out) / 'synset'} ({len(synset)} images, ipc {synset.ipc}, "
+          f"{synset.meta.get('distill_time_s', 0):.1f} s)")
+    if args.eval_protocol:
+        result = evaluate_run(synset, splits, args.out, protocol=args.eval_protocol, runs=args.eval_runs,
+                              epochs=args.eval_epochs, seed=args.seed, progress=not args.quiet)
+        print(result.summary())
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .evaluation import get_protocol
+    from .pipeline import load_for_synset
+    from .synset import SyntheticSet
+
+    synset = SyntheticSet.load(args.synset)
+    splits = load_for_synset(synset, args.data_root, args.download, args.dataset)
+    protocol = args.protocol or "dc"
+    proto = get_protocol(protocol)
+    if synset.preprocessing.zca is not None:
+        import dataclasses
+
+        proto = dataclasses.replace(proto, zca=synset.preprocessing.zca.variant)
+    from .evaluation import evaluate
+
+    result = evaluate(synset, splits.test, proto, model=args.model, runs=args.runs, epochs=args.epochs,
+                      seed=args.seed, device=args.device, progress=not args.quiet)
+    print(result.summary())
+    if args.json:
+        from .atomic import atomic_json
+
+        atomic_json(args.json, result.to_dict())
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .synset import SyntheticSet, save_grid
+
+    synset = SyntheticSet.load(args.synset)
+    if args.format == "imagefolder":
+        path = synset.to_imagefolder(args.out)
+    else:
+        path = save_grid(synset.to_pixels(), synset.hard_labels(), synset.num_classes, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_import(args) -> int:
+    from .data import load_dataset
+    from .synset import SyntheticSet
+
+    splits = load_dataset(args.dataset, args.data_root, download=args.download)
+    spec = (splits.train.class_names, splits.train.preprocessing)
+    if args.format == "dc":
+        synset = SyntheticSet.from_dc_pt(args.path, spec, method=args.method or "dc", trust_pickle=args.trust_pickle)
+    else:
+        synset = SyntheticSet.from_mtt_dir(args.path, spec, method=args.method or "mtt",
+                                           trust_pickle=args.trust_pickle)
+    synset.meta["dataset"] = splits.name
+    synset.save(args.out)
+    print(f"wrote {args.out} ({len(synset)} images, ipc {synset.ipc})")
+    return 0
+
+
+def _dispatch(args) -> int:
+    if args.command == "methods":
+        from .methods import get_method, list_methods
+
+        for name in list_methods():
+            info = get_method(name)
+            print(f"{name:12s} {info.kind:10s} {info.label_kind:6s} eval={info.default_eval:5s} {info.paper}")
+        return 0
+    if args.command == "datasets":
+        from .data import get_dataset_spec, list_datasets
+
+        for name in list_datasets():
+            print(f"{name:14s} {get_dataset_spec(name).description}")
+        return 0
+    if args.command == "networks":
+        from .nets import list_networks
+
+        print("\n".join(["convnet (variants: convnet_d4, convnet_bn, convnet_w64_nn, ...)", *list_networks(),
+                         "timm:<model>"]))
+        return 0
+    if args.command == "distill":
+        return _cmd_distill(args)
+    if args.command == "eval":
+        return _cmd_eval(args)
+    if args.command == "export":
+        return _cmd_export(args)
+    if args.command == "import":
+        return _cmd_import(args)
+    if args.command == "table":
+        from .results import format_table, load_results, result_row
+
+        results = load_results(args.paths)
+        if not results:
+            raise GendistillError("no result.json found under the given paths")
+        print(format_table([result_row(r) for r in results]), end="")
+        return 0
+    if args.command == "quickstart":
+        from .quickstart import quickstart
+
+        methods = args.methods.split(",") if args.methods else None
+        table = quickstart(args.out, args.data_root, ipc=args.ipc, epochs=args.epochs, runs=args.runs,
+                           seed=args.seed, progress=not args.quiet, methods=methods)
+        print(table, end="")
+        print(f"results and grids in {args.out}/")
+        return 0
+    raise GendistillError(f"unknown command {args.command}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``gendistill`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except GendistillError as exc:
+        if args.debug:
+            raise
+        print(f"gendistill: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gendistill: interrupted (a run with checkpoints can continue with --resume)", file=sys.stderr)
+        return 130
+    except (OSError, json.JSONDecodeError) as exc:
+        if args.debug:
+            raise
+        print(f"gendistill: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

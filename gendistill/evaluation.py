@@ -1,0 +1,421 @@
+"""One evaluation protocol for every method: train fresh networks on a synthetic set, test on the real test split.
+
+Presets (reference §1.5, §1.6, §2.6, §1.8):
+
+* ``dc`` - SGD lr 0.01, momentum 0.9, wd 5e-4, batch 256, 300 epochs, no augmentation, lr x0.1 once at half;
+* ``dsa`` - the same with DSA (no flip for digits), 1000 epochs (DSA, DM, CAFE+DSA evaluations);
+* ``mtt`` - ``dsa`` with the learning rate learned with the set (MTT/DATM);
+* ``idc`` - 1000 epochs, batch 64, lr x0.2 at 2/3 and 5/6, DSA without cutout plus CutMix (p = 0.5);
+* ``soft`` - ``dsa`` with soft labels (soft cross-entropy; DATM-style).
+
+As in the reference loop, training runs ``epochs + 1`` passes and the step decay happens after pass
+``epochs // 2 + 1`` with the optimiser re-created (momentum reset). Accuracy is measured once, after the last
+epoch, on the full test split - never the best over epochs. Each run ``i`` initialises its network from
+``derive_seed(seed, "eval", i)`` and draws its batches and augmentations from its own generator, so a run
+gives the same number whether the runs are trained one after another or as one batched ensemble
+(``torch.func.stack_module_state`` + ``vmap``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import resource
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import DSA, cutmix
+from .config import config_to_dict, from_dict, read_yaml
+from .data import RealDataset
+from .errors import GendistillError, NonFiniteLossError
+from .nets import create_network
+from .seeding import derive_seed, make_generator
+from .synset import SyntheticSet
+
+__all__ = ["PROTOCOLS", "EvalProtocol", "EvalResult", "evaluate", "get_protocol"]
+
+FULL_DSA = "color_crop_cutout_flip_scale_rotate"
+
+
+@dataclasses.dataclass
+class EvalProtocol:
+    """How a synthetic set is evaluated. Every field is echoed into each result.
+
+    Attributes:
+        name: preset name the protocol derives from.
+        model: network-registry name of the evaluation network.
+        epochs: training epochs (the loop runs ``epochs + 1`` passes, as the reference).
+        batch_size: training batch size.
+        lr: learning rate (ignored when ``lr_from_synset``).
+        lr_from_synset: use the learning rate learned with the set (MTT/DATM).
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        schedule: ``step_half`` (x0.1 once at half), ``multistep`` (x``gamma`` at ``milestones``), ``cosine``,
+            ``constant``.
+        milestones: fractions of training at which ``multistep`` decays.
+        gamma: ``multistep`` decay factor.
+        dsa_strategy: DSA families for training ("" = none); flip is dropped for digit datasets.
+        cutmix_prob: probability of CutMix per batch (0 = off).
+        cutmix_beta: CutMix Beta parameter.
+        label_loss: ``ce`` (hard), ``soft_ce`` or ``kl`` (soft labels).
+        temperature: softmax temperature for soft labels.
+        zca: the ZCA variant the set must live in (``none``, ``kornia``, ``kip``).
+        runs: freshly initialised networks to train.
+        ensemble: ``batched`` (one vmapped ensemble), ``sequential`` or ``auto`` (sequential on CPU, where it
+            measured faster; batched on GPU for networks without batch norm).
+        test_batch_size: batch size on the test split (no effect on results).
+    """
+
+    name: str = "dc"
+    model: str = "convnet"
+    epochs: int = 300
+    batch_size: int = 256
+    lr: float = 0.01
+    lr_from_synset: bool = False
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Literal["step_half", "multistep", "cosine", "constant"] = "step_half"
+    milestones: tuple[float, ...] = (2 / 3, 5 / 6)
+    gamma: float = 0.2
+    dsa_strategy: str = ""
+    cutmix_prob: float = 0.0
+    cutmix_beta: float = 1.0
+    label_loss: Literal["ce", "soft_ce", "kl"] = "ce"
+    temperature: float = 1.0
+    zca: Literal["none", "kornia", "kip"] = "none"
+    runs: int = 5
+    ensemble: Literal["auto", "batched", "sequential"] = "auto"
+    test_batch_size: int = 100
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.runs < 1 or self.batch_size < 1:
+            raise ValueError("epochs must be >= 0 and runs, batch_size positive")
+
+
+PROTOCOLS: dict[str, EvalProtocol] = {
+    "dc": EvalProtocol(name="dc"),
+    "dsa": EvalProtocol(name="dsa", epochs=1000, dsa_strategy=FULL_DSA),
+    "mtt": EvalProtocol(name="mtt", epochs=1000, dsa_strategy=FULL_DSA, lr_from_synset=True),
+    "idc": EvalProtocol(name="idc", epochs=1000, batch_size=64, schedule="multistep", milestones=(2 / 3, 5 / 6),
+                        gamma=0.2, dsa_strategy="color_crop_flip_scale_rotate", cutmix_prob=0.5),
+    "soft": EvalProtocol(name="soft", epochs=1000, dsa_strategy=FULL_DSA, label_loss="soft_ce"),
+}
+
+
+def get_protocol(name_or_path: str | Path, **overrides: Any) -> EvalProtocol:
+    """A preset by name (``dc``, ``dsa``, ``mtt``, ``idc``, ``soft``) or a YAML file, with field overrides."""
+    key = str(name_or_path)
+    if key in PROTOCOLS:
+        base = config_to_dict(PROTOCOLS[key])
+    elif key.endswith((".yaml", ".yml")):
+        data = read_yaml(key)
+        base = config_to_dict(PROTOCOLS[data.get("name", "dc")]) if data.get("name", "dc") in PROTOCOLS else {}
+        base.update(data)
+    else:
+        raise GendistillError(f"unknown protocol {key!r}; use one of {', '.join(PROTOCOLS)} or a .yaml file")
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(EvalProtocol, base)
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """Final-epoch test accuracies (%) of ``runs`` freshly trained networks, with the full protocol."""
+
+    mean: float
+    std: float
+    accs: list[float]
+    protocol: dict[str, Any]
+    reduced: bool
+    reduced_note: str
+    wall_time_s: float
+    seconds_per_run: float
+    ensemble: str
+    peak_memory_mb: float
+    seed: int
+    synset: dict[str, Any]
+
+    def summary(self) -> str:
+        tag = " [reduced: " + self.reduced_note + "]" if self.reduced else ""
+        return f"{self.mean:.2f} ± {self.std:.2f} % over {len(self.accs)} runs ({self.protocol['name']}){tag}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _soft_targets(labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    probs_like = bool((labels >= 0).all()) and torch.allclose(labels.sum(1), torch.ones(len(labels)), atol=1e-3)
+    return labels if probs_like else F.softmax(labels / temperature, dim=1)
+
+
+def _loss(out: torch.Tensor, target: torch.Tensor, kind: str, temperature: float) -> torch.Tensor:
+    if target.dim() == 1:
+        return F.cross_entropy(out, target)
+    if kind == "kl":
+        return F.kl_div(F.log_softmax(out / temperature, 1), target, reduction="batchmean") * temperature**2
+    return -(target * F.log_softmax(out, 1)).sum(1).mean()
+
+
+def _lr_at(protocol: EvalProtocol, base_lr: float, passes: int, epoch: int) -> float:
+    """Learning rate for pass ``epoch`` (0-based) of ``passes``."""
+    if protocol.schedule == "step_half":
+        return base_lr * (0.1 if epoch > protocol.epochs // 2 + 1 else 1.0)
+    if protocol.schedule == "multistep":
+        return base_lr * protocol.gamma ** sum(epoch >= int(m * passes) for m in protocol.milestones)
+    if protocol.schedule == "cosine":
+        return base_lr * 0.5 * (1 + math.cos(math.pi * epoch / passes))
+    return base_lr
+
+
+def _needs_sequential(net: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()) or \
+        type(net).__name__ == "_TimmWrapper"
+
+
+class _Trainer:
+    """Trains M networks on the same synthetic set, each with its own generator (batched or one by one)."""
+
+    def __init__(self, protocol: EvalProtocol, x: torch.Tensor, y: torch.Tensor, lr: float, dsa: DSA,
+                 device: torch.device) -> None:
+        self.p, self.x, self.y, self.lr, self.dsa, self.device = protocol, x, y, lr, dsa, device
+        self.passes = protocol.epochs + 1
+
+    def _batch(self, perm: torch.Tensor, start: int, gen: torch.Generator):
+        idx = perm[start : start + self.p.batch_size].to(self.device)
+        xb, yb = self.x[idx], self.y[idx]
+        if self.dsa.enabled:
+            xb = self.dsa(xb, gen)
+        yb2, lam = yb, 1.0
+        if self.p.cutmix_prob > 0:
+            xb, yb, yb2, lam = cutmix(xb, yb, gen, self.p.cutmix_beta, self.p.cutmix_prob)
+        return xb, yb, yb2, lam
+
+    def _batch_loss(self, out, yb, yb2, lam):
+        loss = _loss(out, yb, self.p.label_loss, self.p.temperature)
+        if lam < 1.0:
+            loss = lam * loss + (1 - lam) * _loss(out, yb2, self.p.label_loss, self.p.temperature)
+        return loss
+
+    def _optimizer(self, params, lr):
+        return torch.optim.SGD(params, lr=lr, momentum=self.p.momentum, weight_decay=self.p.weight_decay)
+
+    def _lr_changes(self, epoch: int) -> bool:
+        return epoch > 0 and _lr_at(self.p, self.lr, self.passes, epoch) != _lr_at(self.p, self.lr, self.passes,
+                                                                                     epoch - 1)
+
+    def train_sequential(self, net: nn.Module, gen: torch.Generator, progress) -> torch.Tensor:
+        net.train()
+        opt = self._optimizer(net.parameters(), _lr_at(self.p, self.lr, self.passes, 0))
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        n = self.x.shape[0]
+        for epoch in range(self.passes):
+            if self._lr_changes(epoch):
+                new_lr = _lr_at(self.p, self.lr, self.passes, epoch)
+                if self.p.schedule == "step_half":
+                    opt = self._optimizer(net.parameters(), new_lr)  # reference re-creates SGD (momentum reset)
+                else:
+                    for group in opt.param_groups:
+                        group["lr"] = new_lr
+            perm = torch.randperm(n, generator=gen)
+            for start in range(0, n, self.p.batch_size):
+                xb, yb, yb2, lam = self._batch(perm, start, gen)
+                loss = self._batch_loss(net(xb), yb, yb2, lam)
+                bad |= ~torch.isfinite(loss)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            progress.update(1)
+        return bad
+
+    def train_batched(self, nets: list[nn.Module], gens: list[torch.Generator], progress):
+        from torch.func import functional_call, stack_module_state
+
+        params, buffers = stack_module_state(nets)
+        base = copy.deepcopy(nets[0]).to("meta")
+        m = len(nets)
+
+        def run(p, b, xb):
+            return functional_call(base, (p, b), (xb,))
+
+        vrun = torch.vmap(run)
+        opt = self._optimizer(params.values(), _lr_at(self.p, self.lr, self.passes, 0))
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        n = self.x.shape[0]
+        for epoch in range(self.passes):
+            if self._lr_changes(epoch):
+                new_lr = _lr_at(self.p, self.lr, self.passes, epoch)
+                if self.p.schedule == "step_half":
+                    opt = self._optimizer(params.values(), new_lr)
+                else:
+                    for group in opt.param_groups:
+                        group["lr"] = new_lr
+            perms = [torch.randperm(n, generator=g) for g in gens]
+            for start in range(0, n, self.p.batch_size):
+                batches = [self._batch(perms[i], start, gens[i]) for i in range(m)]
+                xb = torch.stack([b[0] for b in batches])
+                out = vrun(params, buffers, xb)
+                # Sum of the per-model mean losses: each model's gradient equals its sequential gradient.
+                loss = sum(self._batch_loss(out[i], *batches[i][1:]) for i in range(m))
+                bad |= ~torch.isfinite(loss)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            progress.update(m)
+        return params, buffers, base, bad
+
+
+def _accuracy_sequential(net: nn.Module, test: RealDataset, batch_size: int, device) -> float:
+    # channels_last with small batches is ~2x faster for CPU inference (measured; see scripts/bench_eval.py).
+    fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    net.eval().to(memory_format=fmt)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    with torch.inference_mode():
+        for xb, yb in test.batches(batch_size):
+            correct += (net(xb.to(device).contiguous(memory_format=fmt)).argmax(1) == yb.to(device)).sum()
+    return 100.0 * int(correct) / len(test)
+
+
+def _accuracy_batched(params, buffers, base, test: RealDataset, batch_size: int, device) -> list[float]:
+    from torch.func import functional_call
+
+    base.eval()
+    m = next(iter(params.values())).shape[0]
+    correct = torch.zeros(m, dtype=torch.long, device=device)
+    vrun = torch.vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, None))
+    with torch.inference_mode():
+        for xb, yb in test.batches(batch_size):
+            out = vrun({k: v.detach() for k, v in params.items()}, buffers, xb.to(device))
+            correct += (out.argmax(2) == yb.to(device).unsqueeze(0)).sum(1)
+    return [100.0 * c / len(test) for c in correct.tolist()]
+
+
+def _check_compatible(synset: SyntheticSet, test: RealDataset, protocol: EvalProtocol) -> None:
+    if tuple(synset.images.shape[1:]) != tuple(test.image_shape):
+        raise GendistillError(f"synthetic images are {tuple(synset.images.shape[1:])} but the test split of "
+                              f"{test.name} is {tuple(test.image_shape)}; evaluate on the dataset it was made from")
+    if synset.num_classes != test.num_classes:
+        raise GendistillError(f"synthetic set has {synset.num_classes} classes, {test.name} has {test.num_classes}")
+    if not synset.preprocessing.same_space(test.preprocessing):
+        raise GendistillError(
+            f"the synthetic set lives in a different space ({synset.preprocessing.describe()}) than the test split "
+            f"({test.preprocessing.describe()}); load the dataset with the same normalisation/ZCA (e.g. --zca)"
+        )
+    want = protocol.zca
+    have = synset.preprocessing.zca.variant if synset.preprocessing.zca is not None else "none"
+    if want != have:
+        raise GendistillError(f"protocol {protocol.name} expects ZCA '{want}' but the set uses '{have}'; "
+                              f"pass --set zca={have} if that is intended")
+    if synset.soft and protocol.label_loss == "ce":
+        raise GendistillError("the set has soft labels; evaluate with --protocol soft (or label_loss=kl)")
+    if protocol.lr_from_synset and synset.lr is None:
+        raise GendistillError(f"protocol {protocol.name} uses the learned lr, but the set has none; use dsa")
+
+
+def evaluate(
+    synset: SyntheticSet,
+    test: RealDataset,
+    protocol: EvalProtocol | str = "dc",
+    *,
+    model: str | None = None,
+    runs: int | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> EvalResult:
+    """Train ``runs`` fresh networks on ``synset`` under ``protocol`` and test each on ``test``.
+
+    Args:
+        synset: the synthetic set.
+        test: the real test split, in the same preprocessing space as the set.
+        protocol: a preset name or an :class:`EvalProtocol`.
+        model: override the evaluation network.
+        runs: override the number of networks.
+        epochs: override the epochs; fewer than the preset's marks the result as reduced.
+        seed: base seed; run ``i`` uses ``derive_seed(seed, "eval", i)``.
+        device: where to train.
+        progress: show a progress bar.
+    """
+    from tqdm.auto import tqdm
+
+    preset = PROTOCOLS.get(protocol) if isinstance(protocol, str) else PROTOCOLS.get(protocol.name)
+    proto = get_protocol(protocol) if isinstance(protocol, str) else copy.deepcopy(protocol)
+    proto = dataclasses.replace(proto, model=model or proto.model, runs=runs or proto.runs,
+                                epochs=epochs or proto.epochs)
+    _check_compatible(synset, test, proto)
+    notes = []
+    if preset is not None and proto.epochs < preset.epochs:
+        notes.append(f"epochs {proto.epochs} of {preset.epochs}")
+    if preset is not None and proto.runs < preset.runs:
+        notes.append(f"runs {proto.runs} of {preset.runs}")
+    device = torch.device(device)
+    x, y = synset.materialize()
+    x = x.detach().to(device)
+    y = _soft_targets(y.float(), proto.temperature).to(device) if synset.soft else y.to(device)
+    lr = float(synset.lr) if proto.lr_from_synset else proto.lr
+    dsa = DSA.for_dataset(test.flip_ok, proto.dsa_strategy) if proto.dsa_strategy else DSA("none")
+    c, h, _ = test.image_shape
+    seeds = [derive_seed(seed, "eval", i) for i in range(proto.runs)]
+    nets = [create_network(proto.model, c, test.num_classes, h, seed=s).to(device) for s in seeds]
+    gens = [make_generator(derive_seed(s, "data")) for s in seeds]
+    mode = proto.ensemble
+    if mode == "auto":  # measured on 2 CPU cores: sequential is ~2x faster than the vmapped ensemble
+        mode = "sequential" if _needs_sequential(nets[0]) or device.type == "cpu" else "batched"
+    if mode == "batched" and _needs_sequential(nets[0]):
+        raise GendistillError(f"{proto.model} has batch-norm statistics; use ensemble=sequential")
+    trainer = _Trainer(proto, x, y, lr, dsa, device)
+    start = time.perf_counter()
+    bar = tqdm(total=proto.runs * trainer.passes, desc=f"eval {proto.model} ({proto.name})", unit="epoch",
+               disable=not progress, leave=False)
+    if mode == "batched":
+        params, buffers, base, bad = trainer.train_batched(nets, gens, bar)
+        if bool(bad):
+            raise NonFiniteLossError("evaluation loss became NaN/inf: the synthetic set has extreme values or the "
+                                     "lr is too high; check the set (gendistill export) or lower the lr")
+        accs = _accuracy_batched(params, buffers, base, test, proto.test_batch_size, device)
+    else:
+        accs = []
+        for net, gen in zip(nets, gens, strict=True):
+            if bool(trainer.train_sequential(net, gen, bar)):
+                raise NonFiniteLossError("evaluation loss became NaN/inf: the synthetic set has extreme values or "
+                                         "the lr is too high; check the set or lower the lr")
+            accs.append(_accuracy_sequential(net, test, proto.test_batch_size, device))
+    bar.close()
+    wall = time.perf_counter() - start
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return EvalResult(
+        mean=float(np.mean(accs)), std=float(np.std(accs)), accs=[float(a) for a in accs],
+        protocol=config_to_dict(proto), reduced=bool(notes), reduced_note="; ".join(notes), wall_time_s=wall,
+        seconds_per_run=wall / proto.runs, ensemble=mode, peak_memory_mb=peak, seed=seed,
+        synset={"method": synset.meta.get("method"), "dataset": synset.meta.get("dataset", test.name),
+                "ipc": synset.ipc, "num_images": len(synset), "label_kind": "soft" if synset.soft else "hard",
+                "preprocessing": synset.preprocessing.describe()},
+    )
+
+
+def train_network(net: nn.Module, x: torch.Tensor, y: torch.Tensor, protocol: EvalProtocol,
+                  generator: torch.Generator, *, flip_ok: bool = True, device: str | torch.device = "cpu",
+                  progress: bool = False) -> nn.Module:
+    """Train ``net`` in place on ``(x, y)`` with the protocol's optimiser, schedule and augmentation.
+
+    The same loop the evaluator uses; methods use it to train feature extractors or inner networks on real data.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    dsa = DSA.for_dataset(flip_ok, protocol.dsa_strategy) if protocol.dsa_strategy else DSA("none")
+    trainer = _Trainer(protocol, x.to(device), y.to(device), protocol.lr, dsa, device)
+    with tqdm(total=trainer.passes, desc="train", unit="epoch", disable=not progress, leave=False) as bar:
+        if bool(trainer.train_sequential(net.to(device), generator, bar)):
+            raise NonFiniteLossError("training loss became NaN/inf; lower the learning rate")
+    return net.eval()

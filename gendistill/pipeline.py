@@ -1,0 +1,108 @@
+"""High-level operations behind the CLI: resolve a method config, distill into a run folder, evaluate."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import config_to_dict, load_config
+from .data import DatasetSplits, load_dataset
+from .errors import ConfigError
+from .evaluation import EvalResult, evaluate
+from .methods import get_method
+from .results import format_table, result_row
+from .runs import RunDir
+from .synset import SyntheticSet, check_ipc
+
+__all__ = ["config_root", "distill", "evaluate_run", "resolve_config"]
+
+
+def config_root() -> Path:
+    """Folder of YAML presets: ``$GENDISTILL_CONFIGS``, else the repository's ``configs/``."""
+    if os.environ.get("GENDISTILL_CONFIGS"):
+        return Path(os.environ["GENDISTILL_CONFIGS"])
+    return Path(__file__).resolve().parents[1] / "configs"
+
+
+def preset_file(method: str, dataset: str, ipc: int, preset: str | None) -> Path | None:
+    """The preset YAML for (method, dataset, ipc, preset name), or None for the dataclass defaults.
+
+    Looks for ``configs/<method>/<dataset>_ipc<ipc>[_<preset>].yaml`` then ``configs/<method>/<preset>.yaml``;
+    ``preset=None`` (the published setting) falls back to the defaults when no file exists.
+    """
+    folder = config_root() / method
+    if preset in (None, "paper", "default"):
+        candidate = folder / f"{dataset}_ipc{ipc}.yaml"
+        return candidate if candidate.is_file() else None
+    for candidate in (folder / f"{dataset}_ipc{ipc}_{preset}.yaml", folder / f"{dataset}_{preset}.yaml",
+                      folder / f"{preset}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    raise ConfigError(f"no preset {preset!r} for {method} (looked in {folder}); known: {', '.join(known) or 'none'}")
+
+
+def resolve_config(method: str, dataset: str, ipc: int, *, preset: str | None = None,
+                   config_file: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+    """Build the typed config of ``method``: defaults < preset < ``--config`` file < ``--set`` overrides."""
+    info = get_method(method)
+    return load_config(info.config_cls, preset_file(method, dataset, ipc, preset), config_file,
+                       overrides=overrides)
+
+
+def distill(method: str, splits: DatasetSplits, ipc: int, out: str | Path, *, seed: int = 0,
+            preset: str | None = None, config_file: str | Path | None = None, overrides: list[str] | None = None,
+            resume: bool = False, progress: bool = True, checkpoint_every: int = 100, log_every: int = 10,
+            grid_every: int = 0) -> SyntheticSet:
+    """Distill ``splits.train`` into ``out/synset`` with full bookkeeping; returns the synthetic set."""
+    info = get_method(method)
+    check_ipc(ipc)
+    config = resolve_config(method, splits.name, ipc, preset=preset, config_file=config_file, overrides=overrides)
+    run = RunDir(out, resume=resume, checkpoint_every=checkpoint_every, log_every=log_every, grid_every=grid_every,
+                 progress=progress)
+    run.write_config({"method": method, "dataset": splits.name, "ipc": ipc, "seed": seed, "preset": preset,
+                      "zca": (splits.train.preprocessing.zca.variant if splits.train.preprocessing.zca else "none"),
+                      "config": config_to_dict(config)})
+    start = time.perf_counter()
+    synset = info.cls(config).distill(splits.train, ipc, seed=seed, run=run)
+    synset.meta.setdefault("distill_time_s", time.perf_counter() - start)
+    synset.meta["preset"] = preset or "paper"
+    synset.meta["reduced_budget"] = bool(preset and preset.startswith("cpu"))
+    from .synset import environment_meta
+
+    synset.meta["environment"] = environment_meta()
+    synset.save(Path(out) / "synset")
+    if run.checkpoint_path.is_file():
+        run.checkpoint_path.unlink()  # the finished synset supersedes the last checkpoint
+    return synset
+
+
+def evaluate_run(synset: SyntheticSet, splits_or_test: Any, out: str | Path | None, **kwargs: Any) -> EvalResult:
+    """Evaluate and (when ``out`` is given) write ``result.json`` and ``results.md`` into it."""
+    test = splits_or_test.test if isinstance(splits_or_test, DatasetSplits) else splits_or_test
+    result = evaluate(synset, test, **kwargs)
+    if out is not None:
+        from .atomic import atomic_json, atomic_text
+
+        atomic_json(Path(out) / "result.json", result.to_dict())
+        atomic_text(Path(out) / "results.md", format_table([result_row(result.to_dict())]))
+    return result
+
+
+def load_for_synset(synset: SyntheticSet, data_root: str | None, download: bool = False,
+                    dataset: str | None = None) -> DatasetSplits:
+    """Load the dataset a synthetic set was made from, in the same preprocessing space."""
+    name = dataset or synset.meta.get("dataset")
+    if not name:
+        raise ConfigError("the synthetic set does not record its dataset; pass --dataset")
+    zca = synset.preprocessing.zca
+    return load_dataset(name, data_root, download=download, zca=zca.variant if zca else None,
+                        zca_eps=zca.eps if zca else 0.1)
+
+
+def replace_fields(obj: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` that ignores None values."""
+    return dataclasses.replace(obj, **{k: v for k, v in changes.items() if v is not None})

@@ -1,0 +1,50 @@
+"""Result records and tables: ``result.json`` files -> markdown rows (protocol always shown)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["format_table", "load_results", "result_row"]
+
+COLUMNS = ["method", "dataset", "ipc", "accuracy (%)", "runs", "eval net", "protocol", "epochs", "aug", "labels",
+           "lr", "zca", "reduced"]
+
+
+def result_row(result: dict[str, Any], method: str | None = None) -> dict[str, str]:
+    """One table row from an :class:`~gendistill.evaluation.EvalResult` dict."""
+    p = result["protocol"]
+    s = result.get("synset", {})
+    aug = "+".join(x for x in (("dsa" if p.get("dsa_strategy") else ""), ("cutmix" if p.get("cutmix_prob") else ""))
+                   if x) or "none"
+    return {
+        "method": method or str(s.get("method")),
+        "dataset": str(s.get("dataset")),
+        "ipc": str(s.get("ipc")),
+        "accuracy (%)": f"{result['mean']:.2f} ± {result['std']:.2f}",
+        "runs": str(len(result["accs"])),
+        "eval net": p["model"],
+        "protocol": p["name"],
+        "epochs": str(p["epochs"]),
+        "aug": aug,
+        "labels": f"{s.get('label_kind', 'hard')}/{p['label_loss']}",
+        "lr": "learned" if p.get("lr_from_synset") else f"{p['lr']:g} ({p['schedule']})",
+        "zca": p.get("zca", "none"),
+        "reduced": result.get("reduced_note") or "no",
+    }
+
+
+def format_table(rows: list[dict[str, str]]) -> str:
+    """A markdown table of rows (columns in :data:`COLUMNS` order)."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(r.get(c, "") for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def load_results(paths: list[str | Path]) -> list[dict[str, Any]]:
+    """Read result.json files (folders are searched recursively)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        found += sorted(p.rglob("result.json")) if p.is_dir() else [p]
+    return [json.loads(f.read_text()) for f in found]

@@ -1,0 +1,149 @@
+"""Run folders: resolved config, metrics, atomic checkpoints, resume, results.
+
+Layout of ``--out DIR``::
+
+    config.yaml        resolved config (method, dataset, ipc, seed and every method field)
+    env.json           versions, git sha, start time
+    metrics.jsonl      one JSON line per logged iteration / evaluation
+    checkpoint.pt      last periodic checkpoint (written to a temp file, then renamed)
+    grids/step_N.png   pictures of the synthetic set during the run
+    synset/            the final SyntheticSet
+    result.json, results.md   evaluation results
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .atomic import atomic_json, atomic_text, atomic_torch_save
+from .errors import CheckpointError, GendistillError, NonFiniteLossError
+from .seeding import make_generator
+
+__all__ = ["RunDir", "run_iterative"]
+
+
+class RunDir:
+    """A run folder (see module docstring).
+
+    Args:
+        path: the folder.
+        resume: continue from ``checkpoint.pt`` if present (the saved config must match).
+        checkpoint_every: iterations between checkpoints (0 = only at the end).
+        log_every: iterations between metric lines.
+        grid_every: iterations between grid pictures (0 = never).
+    """
+
+    def __init__(self, path: str | Path, *, resume: bool = False, checkpoint_every: int = 100,
+                 log_every: int = 10, grid_every: int = 0, progress: bool = True) -> None:
+        self.path = Path(path)
+        self.resume = resume
+        self.checkpoint_every = checkpoint_every
+        self.log_every = max(1, log_every)
+        self.grid_every = grid_every
+        self.progress = progress
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """Save the resolved config; on ``--resume`` refuse a config that differs from the saved one."""
+        path = self.path / "config.yaml"
+        text = yaml.safe_dump(config, sort_keys=False)
+        if path.is_file() and (self.resume or self.checkpoint_path.is_file()):
+            saved = yaml.safe_load(path.read_text())
+            if saved != yaml.safe_load(text):
+                diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+                raise GendistillError(f"{self.path} holds a run with a different config ({', '.join(diff)}); "
+                                      "use another --out or the same settings to resume")
+        if not self.resume and self.checkpoint_path.is_file():
+            raise GendistillError(f"{self.path} already holds a checkpoint; pass --resume to continue it or "
+                                  "choose another --out")
+        atomic_text(path, text)
+        from .synset import environment_meta
+
+        atomic_json(self.path / "env.json", environment_meta())
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one line to metrics.jsonl."""
+        with open(self.path / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record, default=float) + "\n")
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        atomic_torch_save(self.checkpoint_path, state)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        if not (self.resume and self.checkpoint_path.is_file()):
+            return None
+        try:
+            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"{self.checkpoint_path} cannot be read ({type(exc).__name__}); it is corrupt: "
+                                  "delete it to start over") from exc
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+def run_iterative(distiller: Any, train: Any, ipc: int, *, seed: int, run: RunDir | None = None) -> Any:
+    """The shared outer loop of every iterative method: steps, logging, NaN checks, checkpoints, resume."""
+    from tqdm.auto import tqdm
+
+    generator = make_generator(seed)
+    state = distiller.init_state(train, ipc, generator, seed)
+    start_it = 0
+    elapsed = 0.0
+    ckpt = run.load_checkpoint() if run is not None else None
+    if ckpt is not None:
+        if ckpt.get("method") != distiller.name or ckpt.get("ipc") != ipc or ckpt.get("seed") != seed:
+            raise CheckpointError(f"{run.checkpoint_path} belongs to another run (method/ipc/seed differ); "
+                                  "use another --out")
+        state = _to_device(ckpt["state"], distiller.device)
+        generator.set_state(ckpt["generator"])
+        start_it = int(ckpt["iteration"])
+        elapsed = float(ckpt.get("elapsed_s", 0.0))
+    n = distiller.iterations
+    bar = tqdm(total=n, initial=start_it, desc=f"{distiller.name} ipc{ipc}", unit="it",
+               disable=run is not None and not run.progress, leave=False)
+    t0 = time.perf_counter()
+    for it in range(start_it, n):
+        metrics = distiller.step(it, state, train, generator, seed)
+        bar.update(1)
+        last = it + 1 == n
+        if run is not None and ((it + 1) % run.log_every == 0 or last):
+            values = {k: float(v) for k, v in metrics.items()}
+            bad = [k for k, v in values.items() if v != v or v in (float("inf"), float("-inf"))]
+            if bad:
+                raise NonFiniteLossError(f"{bad[0]} became NaN/inf at iteration {it + 1}; lower the learning rate "
+                                         "(e.g. --set lr_img=...) or check the data")
+            run.log({"iteration": it + 1, **values, "elapsed_s": elapsed + time.perf_counter() - t0})
+            bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
+        if run is not None and run.grid_every and ((it + 1) % run.grid_every == 0):
+            syn = distiller.preview(state, train, ipc, seed)
+            from .synset import save_grid
+
+            save_grid(syn.to_pixels(), syn.hard_labels(), syn.num_classes, run.path / "grids" / f"step_{it + 1}.png")
+        if run is not None and run.checkpoint_every and ((it + 1) % run.checkpoint_every == 0) and not last:
+            run.save_checkpoint({"method": distiller.name, "ipc": ipc, "seed": seed, "iteration": it + 1,
+                                 "state": _to_device(state, torch.device("cpu")),
+                                 "generator": generator.get_state(),
+                                 "elapsed_s": elapsed + time.perf_counter() - t0})
+    bar.close()
+    synset = distiller.finalize(state, train, ipc, seed)
+    synset.meta["distill_time_s"] = elapsed + time.perf_counter() - t0
+    synset.meta["iterations"] = n
+    return synset

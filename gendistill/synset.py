@@ -1,0 +1,334 @@
+"""The synthetic-set format shared by every method.
+
+A :class:`SyntheticSet` holds images in the space they were optimised in (normalised and maybe ZCA-whitened),
+hard or soft labels, an optional learned learning rate, the preprocessing that defines that space, class
+names and metadata (method, dataset, ipc, resolved config, seeds, timings). On disk it is a folder:
+
+* ``synset.safetensors`` - images, labels, optional lr / source indices / ZCA matrices (no pickle);
+* ``synset.json`` - metadata, preprocessing, shapes and the sha256 of the tensor file;
+* ``grid.png`` - one row per class.
+
+Saving is atomic (a temporary folder renamed into place); loading verifies the checksum, shapes and labels
+and refuses anything inconsistent with one line. Importers read the reference repositories' outputs
+(DC/DSA/DM ``res_*.pt``; MTT/DATM ``images_best.pt`` + ``labels_best.pt`` + ``lr_best.pt``) without running
+pickled code unless ``trust_pickle=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import replace_dir, temp_dir_beside
+from .errors import GendistillError, SynsetFormatError
+from .preprocessing import Preprocessing
+
+__all__ = ["SCHEMA_VERSION", "SyntheticSet", "save_grid"]
+
+SCHEMA_VERSION = 1
+TENSOR_FILE = "synset.safetensors"
+META_FILE = "synset.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_grid(pixels: torch.Tensor, labels: torch.Tensor, num_classes: int, path: str | Path,
+              max_per_class: int = 20, upscale_to: int = 32) -> Path:
+    """Write a PNG grid with one row per class (pixels in [0, 1], ``[N, C, H, W]``)."""
+    from PIL import Image
+
+    rows = []
+    per_class = [torch.nonzero(labels == c).flatten()[:max_per_class] for c in range(num_classes)]
+    width = max((len(p) for p in per_class), default=1) or 1
+    c, h, w = pixels.shape[1:]
+    scale = max(1, upscale_to // max(h, 1))
+    blank = torch.ones(c, h, w)
+    for idx in per_class:
+        tiles = [pixels[i] for i in idx] + [blank] * (width - len(idx))
+        rows.append(torch.cat([torch.nn.functional.pad(t, (1, 1, 1, 1), value=1.0) for t in tiles], dim=2))
+    grid = torch.cat(rows, dim=1)
+    if c == 1:
+        grid = grid.expand(3, -1, -1)
+    array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    img = Image.fromarray(array)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+@dataclasses.dataclass
+class SyntheticSet:
+    """A distilled (or selected) training set.
+
+    Attributes:
+        images: ``[N, C, H, W]`` float32 in the model space described by ``preprocessing``.
+        labels: ``[N]`` int64 hard labels or ``[N, K]`` float soft labels (logits or probabilities; see meta).
+        class_names: one name per class.
+        preprocessing: maps [0, 1] pixels to the model space and back.
+        lr: learned evaluation learning rate (MTT/DATM), else None.
+        source_indices: indices into the real training split for selection methods.
+        meta: method, dataset, ipc, config, seed, timings, versions.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    preprocessing: Preprocessing
+    lr: float | None = None
+    source_indices: torch.Tensor | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------------------------------ basics
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def soft(self) -> bool:
+        return self.labels.dim() == 2
+
+    def hard_labels(self) -> torch.Tensor:
+        """Class indices (argmax of soft labels)."""
+        return self.labels.argmax(1) if self.soft else self.labels
+
+    @property
+    def ipc(self) -> int:
+        """Images per class (the largest class count)."""
+        return int(torch.bincount(self.hard_labels(), minlength=self.num_classes).max())
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def validate(self) -> None:
+        """Check shapes, dtypes and label range; raise SynsetFormatError in one line if inconsistent."""
+        x, y = self.images, self.labels
+        if x.dim() != 4:
+            raise SynsetFormatError(f"synthetic images must be [N, C, H, W], got shape {tuple(x.shape)}")
+        if y.shape[0] != x.shape[0]:
+            raise SynsetFormatError(f"{x.shape[0]} images but {y.shape[0]} labels; the set is inconsistent")
+        if y.dim() == 1:
+            if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+                raise SynsetFormatError(f"hard labels must be integers, got {y.dtype}")
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+                raise SynsetFormatError(f"labels must lie in 0..{self.num_classes - 1}")
+        elif y.dim() != 2 or y.shape[1] != self.num_classes:
+            raise SynsetFormatError(f"soft labels must be [N, {self.num_classes}], got {tuple(y.shape)}")
+        if x.shape[1] != len(self.preprocessing.mean):
+            raise SynsetFormatError(
+                f"images have {x.shape[1]} channels but the preprocessing has {len(self.preprocessing.mean)}"
+            )
+        if not torch.isfinite(x).all():
+            raise SynsetFormatError("synthetic images contain NaN or inf values; the run diverged")
+
+    def materialize(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the evaluator trains on: ``(images, labels)``."""
+        return self.images, self.labels
+
+    def to_pixels(self) -> torch.Tensor:
+        """Images mapped back to [0, 1] pixels (for grids and PNG export)."""
+        return self.preprocessing.invert(self.images)
+
+    def subset(self, ipc: int) -> SyntheticSet:
+        """The first ``ipc`` images of every class (e.g. IPC 10 from an IPC 50 generation)."""
+        hard = self.hard_labels()
+        keep = torch.cat([torch.nonzero(hard == c).flatten()[:ipc] for c in range(self.num_classes)])
+        meta = {**self.meta, "ipc": ipc, "subset_of_ipc": self.ipc}
+        src = self.source_indices[keep] if self.source_indices is not None else None
+        return dataclasses.replace(self, images=self.images[keep], labels=self.labels[keep], source_indices=src,
+                                   meta=meta)
+
+    # --------------------------------------------------------------------------------------------- disk
+    def save(self, directory: str | Path, grid: bool = True) -> Path:
+        """Write the folder atomically (see the module docstring); returns its path."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        tmp = temp_dir_beside(directory)
+        tensors = {"images": self.images.detach().float().contiguous().cpu(),
+                   "labels": self.labels.detach().contiguous().cpu()}
+        if self.source_indices is not None:
+            tensors["source_indices"] = self.source_indices.long().contiguous().cpu()
+        tensors.update({k: v.contiguous().cpu() for k, v in self.preprocessing.tensors().items()})
+        save_file(tensors, str(tmp / TENSOR_FILE), metadata={"format": "gendistill.synset",
+                                                             "schema_version": str(SCHEMA_VERSION)})
+        meta = {
+            "format": "gendistill.synset",
+            "schema_version": SCHEMA_VERSION,
+            "num_images": len(self),
+            "image_shape": list(self.images.shape[1:]),
+            "label_kind": "soft" if self.soft else "hard",
+            "ipc": self.ipc,
+            "class_names": self.class_names,
+            "lr": self.lr,
+            "preprocessing": self.preprocessing.describe(),
+            "sha256": _sha256(tmp / TENSOR_FILE),
+            "meta": self.meta,
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        if grid:
+            save_grid(self.to_pixels(), self.hard_labels(), self.num_classes, tmp / "grid.png")
+        return replace_dir(tmp, directory)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SyntheticSet:
+        """Read a folder written by :meth:`save`, verifying checksum, shapes and metadata."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta_path, tensor_path = directory / META_FILE, directory / TENSOR_FILE
+        if not directory.is_dir():
+            raise SynsetFormatError(f"{directory} is not a folder; pass the folder a distill run wrote (…/synset)")
+        if not meta_path.is_file() or not tensor_path.is_file():
+            raise SynsetFormatError(f"{directory} lacks {META_FILE} or {TENSOR_FILE}; it is not a synthetic set")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise SynsetFormatError(f"{meta_path} is not valid JSON ({exc.msg}); the file is corrupt") from exc
+        if meta.get("format") != "gendistill.synset":
+            raise SynsetFormatError(f"{meta_path} is not a gendistill synthetic-set record")
+        if int(meta.get("schema_version", 0)) > SCHEMA_VERSION:
+            raise SynsetFormatError(f"{directory} uses schema {meta['schema_version']}; upgrade gendistill")
+        if meta.get("sha256") and _sha256(tensor_path) != meta["sha256"]:
+            raise SynsetFormatError(
+                f"{tensor_path} does not match the checksum in {META_FILE}: truncated or modified; re-export the set"
+            )
+        try:
+            tensors = load_file(str(tensor_path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise SynsetFormatError(f"{tensor_path} cannot be read ({exc}); the file is corrupt") from exc
+        if "images" not in tensors or "labels" not in tensors:
+            raise SynsetFormatError(f"{tensor_path} lacks images or labels")
+        images = tensors["images"]
+        if list(images.shape[1:]) != list(meta.get("image_shape", [])) or images.shape[0] != meta.get("num_images"):
+            raise SynsetFormatError(f"{tensor_path} holds images of shape {tuple(images.shape)}, "
+                                    f"but {META_FILE} says {meta.get('num_images')} x {meta.get('image_shape')}")
+        pre = Preprocessing.from_description(meta.get("preprocessing", {}), tensors)
+        return cls(images, tensors["labels"], list(meta["class_names"]), pre, meta.get("lr"),
+                   tensors.get("source_indices"), dict(meta.get("meta", {})))
+
+    # ------------------------------------------------------------------------------------------- export
+    def to_imagefolder(self, directory: str | Path) -> Path:
+        """Write de-normalised PNGs as ``<class>/<i>.png`` plus ``metadata.jsonl`` (HF datasets' imagefolder)."""
+        from PIL import Image
+
+        directory = Path(directory)
+        tmp = temp_dir_beside(directory)
+        pixels = (self.to_pixels().clamp(0, 1) * 255).round().to(torch.uint8)
+        hard = self.hard_labels()
+        lines = []
+        counters = [0] * self.num_classes
+        for i in range(len(self)):
+            c = int(hard[i])
+            name = self.class_names[c].replace("/", "_")
+            (tmp / name).mkdir(exist_ok=True)
+            rel = f"{name}/{counters[c]:05d}.png"
+            counters[c] += 1
+            array = pixels[i].permute(1, 2, 0).numpy()
+            Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(tmp / rel)
+            record: dict[str, Any] = {"file_name": rel, "label": c, "class_name": self.class_names[c]}
+            if self.soft:
+                record["soft_label"] = [round(float(v), 6) for v in self.labels[i]]
+            lines.append(json.dumps(record))
+        (tmp / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+        return replace_dir(tmp, directory)
+
+    # ------------------------------------------------------------------------------------------- import
+    @staticmethod
+    def _torch_load(path: Path, trust_pickle: bool) -> Any:
+        if not path.is_file():
+            raise SynsetFormatError(f"{path} does not exist")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
+            if not trust_pickle and "weights_only" in str(exc):
+                raise SynsetFormatError(
+                    f"{path} holds pickled Python objects besides tensors; if you trust its source, pass "
+                    "--trust-pickle (this runs code from the file)"
+                ) from exc
+            raise SynsetFormatError(f"{path} cannot be read ({type(exc).__name__}); the file is corrupt") from exc
+
+    @classmethod
+    def from_dc_pt(cls, path: str | Path, dataset_spec: tuple[list[str], Preprocessing], method: str = "dc",
+                   experiment: int = 0, trust_pickle: bool = False) -> SyntheticSet:
+        """Import a DatasetCondensation ``res_*.pt`` (``{'data': [[images, labels], ...], ...}``).
+
+        Args:
+            path: the ``.pt`` file.
+            dataset_spec: ``(class_names, preprocessing)`` of the dataset it was distilled from.
+            method: the method that produced it (recorded in meta).
+            experiment: which of the stored experiments to take.
+            trust_pickle: allow arbitrary pickled objects (runs code from the file).
+        """
+        obj = cls._torch_load(Path(path), trust_pickle)
+        try:
+            images, labels = obj["data"][experiment][0], obj["data"][experiment][1]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise SynsetFormatError(f"{path} is not a DC res_*.pt file (expected {{'data': [[images, labels]]}})") \
+                from exc
+        names, pre = dataset_spec
+        return cls(images.float(), labels.long(), names, pre,
+                   meta={"method": method, "imported_from": str(path), "experiment": experiment})
+
+    @classmethod
+    def from_mtt_dir(cls, directory: str | Path, dataset_spec: tuple[list[str], Preprocessing],
+                     method: str = "mtt", trust_pickle: bool = False) -> SyntheticSet:
+        """Import MTT/DATM ``images_best.pt``, ``labels_best.pt`` and optional ``lr_best.pt``."""
+        directory = Path(directory)
+        images = cls._torch_load(directory / "images_best.pt", trust_pickle)
+        labels = cls._torch_load(directory / "labels_best.pt", trust_pickle)
+        lr = None
+        if (directory / "lr_best.pt").is_file():
+            lr_obj = cls._torch_load(directory / "lr_best.pt", trust_pickle)
+            lr = float(torch.as_tensor(lr_obj).reshape(-1)[0])
+        if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+            raise SynsetFormatError(f"{directory}: images_best.pt and labels_best.pt must each hold one tensor")
+        names, pre = dataset_spec
+        labels = labels.float() if labels.dim() == 2 else labels.long()
+        return cls(images.float(), labels, names, pre, lr=lr, meta={"method": method, "imported_from": str(directory)})
+
+
+def environment_meta() -> dict[str, Any]:
+    """Versions and time recorded with every set and run."""
+    from . import __version__
+
+    info = {"gendistill": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+    try:
+        import subprocess
+
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        if sha.returncode == 0:
+            info["git_sha"] = sha.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def check_ipc(ipc: int, available: int | None = None) -> int:
+    """Validate an IPC value (1..1000 and not more than the real images of the smallest class)."""
+    if not isinstance(ipc, int) or ipc < 1:
+        raise GendistillError(f"--ipc must be a positive integer, got {ipc!r}")
+    if available is not None and ipc > available:
+        raise GendistillError(f"--ipc {ipc} exceeds the {available} real images of the smallest class")
+    return ipc
