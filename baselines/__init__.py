@@ -2,3 +2,5 @@
 
 Importing this package registers every method module it contains.
 """
+
+from . import cafe, dc, dd, dm  # noqa: E402,F401

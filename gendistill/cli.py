@@ -118,6 +118,19 @@ def _cmd_eval(args) -> int:
     synset = SyntheticSet.load(args.synset)
     splits = load_for_synset(synset, args.data_root, args.download, args.dataset)
     protocol = args.protocol or "dc"
+    from .evaluation import CUSTOM_EVALUATORS
+    from .methods import list_methods
+
+    list_methods()  # importing the method packages registers their evaluators
+    if protocol in CUSTOM_EVALUATORS:
+        result = CUSTOM_EVALUATORS[protocol](synset, splits.test, runs=args.runs or 5, seed=args.seed,
+                                             model=args.model, device=args.device)
+        print(result.summary())
+        if args.json:
+            from .atomic import atomic_json
+
+            atomic_json(args.json, result.to_dict())
+        return 0
     proto = get_protocol(protocol)
     if synset.preprocessing.zca is not None:
         import dataclasses

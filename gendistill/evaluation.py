@@ -39,7 +39,17 @@ from .nets import create_network
 from .seeding import derive_seed, make_generator
 from .synset import SyntheticSet
 
-__all__ = ["PROTOCOLS", "EvalProtocol", "EvalResult", "evaluate", "get_protocol"]
+__all__ = ["PROTOCOLS", "EvalProtocol", "EvalResult", "evaluate", "get_protocol", "register_evaluator",
+           "train_network"]
+
+# Method-specific evaluations (e.g. DD's learned-schedule training) registered by method packages:
+# name -> fn(synset, test, *, runs, seed, model, device) -> EvalResult.
+CUSTOM_EVALUATORS: dict[str, Any] = {}
+
+
+def register_evaluator(name: str, fn: Any) -> None:
+    """Register a method-specific evaluator usable as ``--protocol name``."""
+    CUSTOM_EVALUATORS[name] = fn
 
 FULL_DSA = "color_crop_cutout_flip_scale_rotate"
 

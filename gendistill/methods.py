@@ -138,6 +138,18 @@ class IterativeDistiller(Distiller):
     def finalize(self, state: dict[str, Any], train: RealDataset, ipc: int, seed: int) -> SyntheticSet:
         raise NotImplementedError
 
+    def finished(self, state: dict[str, Any]) -> bool:
+        """Whether the run is complete before ``iterations`` steps (methods with their own budget unit)."""
+        return False
+
+    def checkpoint_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """What to store in a checkpoint (tensors, numbers, state dicts); defaults to the state itself."""
+        return state
+
+    def restore_state(self, saved: dict[str, Any]) -> dict[str, Any]:
+        """Rebuild the live state from :meth:`checkpoint_state` output; defaults to the saved dict."""
+        return saved
+
     def preview(self, state: dict[str, Any], train: RealDataset, ipc: int, seed: int) -> SyntheticSet:
         """The synthetic set as it stands (for periodic grids); defaults to :meth:`finalize`."""
         return self.finalize(state, train, ipc, seed)

@@ -112,7 +112,7 @@ def run_iterative(distiller: Any, train: Any, ipc: int, *, seed: int, run: RunDi
         if ckpt.get("method") != distiller.name or ckpt.get("ipc") != ipc or ckpt.get("seed") != seed:
             raise CheckpointError(f"{run.checkpoint_path} belongs to another run (method/ipc/seed differ); "
                                   "use another --out")
-        state = _to_device(ckpt["state"], distiller.device)
+        state = distiller.restore_state(_to_device(ckpt["state"], distiller.device))
         generator.set_state(ckpt["generator"])
         start_it = int(ckpt["iteration"])
         elapsed = float(ckpt.get("elapsed_s", 0.0))
@@ -123,7 +123,7 @@ def run_iterative(distiller: Any, train: Any, ipc: int, *, seed: int, run: RunDi
     for it in range(start_it, n):
         metrics = distiller.step(it, state, train, generator, seed)
         bar.update(1)
-        last = it + 1 == n
+        last = it + 1 == n or distiller.finished(state)
         if run is not None and ((it + 1) % run.log_every == 0 or last):
             values = {k: float(v) for k, v in metrics.items()}
             bad = [k for k, v in values.items() if v != v or v in (float("inf"), float("-inf"))]
@@ -139,9 +139,11 @@ def run_iterative(distiller: Any, train: Any, ipc: int, *, seed: int, run: RunDi
             save_grid(syn.to_pixels(), syn.hard_labels(), syn.num_classes, run.path / "grids" / f"step_{it + 1}.png")
         if run is not None and run.checkpoint_every and ((it + 1) % run.checkpoint_every == 0) and not last:
             run.save_checkpoint({"method": distiller.name, "ipc": ipc, "seed": seed, "iteration": it + 1,
-                                 "state": _to_device(state, torch.device("cpu")),
+                                 "state": _to_device(distiller.checkpoint_state(state), torch.device("cpu")),
                                  "generator": generator.get_state(),
                                  "elapsed_s": elapsed + time.perf_counter() - t0})
+        if last:
+            break
     bar.close()
     synset = distiller.finalize(state, train, ipc, seed)
     synset.meta["distill_time_s"] = elapsed + time.perf_counter() - t0

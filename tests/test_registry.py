@@ -14,7 +14,8 @@ from gendistill.synset import SyntheticSet
 # Settings that make every method run in seconds on the tiny dataset (unknown keys are ignored per method).
 TINY_OVERRIDES = {
     "iterations": 2, "feature_model": "convnet_w8", "feature_epochs": 1, "model": "convnet_w8", "net_width": 8,
-    "batch_real": 4, "n_init": 1,
+    "batch_real": 4, "n_init": 1, "outer_loop": 2, "inner_loop": 1, "max_outer": 2, "max_inner": 2,
+    "acc_batch": 4, "window": 2, "distill_epochs": 1, "batch_train": 8,
 }
 
 
