@@ -1,0 +1,56 @@
+"""Helpers shared by the benchmark scripts: matmul peak, FLOP counting, timing, peak memory."""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def matmul_peak_gflops(device: str = "cpu", n: int = 2048, repeats: int = 10) -> float:
+    """Measured fp32 matmul throughput (GFLOP/s) of this machine: the roofline the hot loops are held to."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def count_flops(fn: Callable[[], object]) -> float:
+    """FLOPs of one call of ``fn`` (FlopCounterMode: matmuls and convolutions, forward and backward)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def time_calls(fn: Callable[[], object], repeats: int, device: str = "cpu", warmup: int = 1) -> float:
+    """Mean seconds per call after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def peak_memory_mb(device: str = "cpu") -> float:
+    """Peak memory: CUDA allocator peak on GPU, the process's max RSS on CPU."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
