@@ -3,7 +3,8 @@
 Presets (reference §1.5, §1.6, §2.6, §1.8):
 
 * ``dc`` - SGD lr 0.01, momentum 0.9, wd 5e-4, batch 256, 300 epochs, no augmentation, lr x0.1 once at half;
-* ``dsa`` - the same with DSA (no flip for digits), 1000 epochs (DSA, DM, CAFE+DSA evaluations);
+* ``dc_mnist`` - DC's MNIST evaluation: 1000 epochs with DC augmentation (crop, scale, rotate);
+* ``dsa`` - the same as ``dc`` with DSA (no flip for digits), 1000 epochs (DSA, DM, CAFE+DSA evaluations);
 * ``mtt`` - ``dsa`` with the learning rate learned with the set (MTT/DATM);
 * ``idc`` - 1000 epochs, batch 64, lr x0.2 at 2/3 and 5/6, DSA without cutout plus CutMix (p = 0.5);
 * ``soft`` - ``dsa`` with soft labels (soft cross-entropy; DATM-style).
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import DSA, cutmix
+from .augment import DSA, DCAugment, cutmix
 from .config import config_to_dict, from_dict, read_yaml
 from .data import RealDataset
 from .errors import GendistillError, NonFiniteLossError
@@ -72,6 +73,7 @@ class EvalProtocol:
         milestones: fractions of training at which ``multistep`` decays.
         gamma: ``multistep`` decay factor.
         dsa_strategy: DSA families for training ("" = none); flip is dropped for digit datasets.
+        dc_aug: DC's non-differentiable augmentation for training, e.g. ``crop_scale_rotate`` ("" = none).
         cutmix_prob: probability of CutMix per batch (0 = off).
         cutmix_beta: CutMix Beta parameter.
         label_loss: ``ce`` (hard), ``soft_ce`` or ``kl`` (soft labels).
@@ -95,6 +97,7 @@ class EvalProtocol:
     milestones: tuple[float, ...] = (2 / 3, 5 / 6)
     gamma: float = 0.2
     dsa_strategy: str = ""
+    dc_aug: str = ""
     cutmix_prob: float = 0.0
     cutmix_beta: float = 1.0
     label_loss: Literal["ce", "soft_ce", "kl"] = "ce"
@@ -111,6 +114,7 @@ class EvalProtocol:
 
 PROTOCOLS: dict[str, EvalProtocol] = {
     "dc": EvalProtocol(name="dc"),
+    "dc_mnist": EvalProtocol(name="dc_mnist", epochs=1000, dc_aug="crop_scale_rotate"),
     "dsa": EvalProtocol(name="dsa", epochs=1000, dsa_strategy=FULL_DSA),
     "mtt": EvalProtocol(name="mtt", epochs=1000, dsa_strategy=FULL_DSA, lr_from_synset=True),
     "idc": EvalProtocol(name="idc", epochs=1000, batch_size=64, schedule="multistep", milestones=(2 / 3, 5 / 6),
@@ -196,12 +200,15 @@ class _Trainer:
                  device: torch.device) -> None:
         self.p, self.x, self.y, self.lr, self.dsa, self.device = protocol, x, y, lr, dsa, device
         self.passes = protocol.epochs + 1
+        self.dc_aug = DCAugment(protocol.dc_aug) if protocol.dc_aug else None
 
     def _batch(self, perm: torch.Tensor, start: int, gen: torch.Generator):
         idx = perm[start : start + self.p.batch_size].to(self.device)
         xb, yb = self.x[idx], self.y[idx]
         if self.dsa.enabled:
             xb = self.dsa(xb, gen)
+        if self.dc_aug is not None:
+            xb = self.dc_aug(xb, gen)
         yb2, lam = yb, 1.0
         if self.p.cutmix_prob > 0:
             xb, yb, yb2, lam = cutmix(xb, yb, gen, self.p.cutmix_beta, self.p.cutmix_prob)

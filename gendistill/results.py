@@ -16,8 +16,9 @@ def result_row(result: dict[str, Any], method: str | None = None) -> dict[str, s
     """One table row from an :class:`~gendistill.evaluation.EvalResult` dict."""
     p = result["protocol"]
     s = result.get("synset", {})
-    aug = "+".join(x for x in (("dsa" if p.get("dsa_strategy") else ""), ("cutmix" if p.get("cutmix_prob") else ""))
-                   if x) or "none"
+    parts = ("dsa" if p.get("dsa_strategy") else "", "dc-aug" if p.get("dc_aug") else "",
+             "cutmix" if p.get("cutmix_prob") else "")
+    aug = "+".join(x for x in parts if x) or "none"
     return {
         "method": method or str(s.get("method")),
         "dataset": str(s.get("dataset")),

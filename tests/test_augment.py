@@ -126,3 +126,23 @@ def test_cutmix_mixes_boxes_and_returns_area_weight():
         assert torch.allclose(kept[changed], torch.full_like(kept[changed], lam), atol=1e-6)
     out, ya, yb, lam = cutmix(x, y, make_generator(0), prob=0.0)
     assert lam == 1.0 and torch.equal(out, x)
+
+
+def test_dc_augment_ops_fill_with_mean_and_follow_generator():
+    from gendistill.augment import DCAugment
+
+    x = torch.rand(16, 1, 16, 16)
+    aug = DCAugment("crop")
+    out = aug(x, make_generator(0))
+    assert torch.equal(out, aug(x, make_generator(0))) and out.shape == x.shape
+    # a crop is an integer shift: every output pixel is an input pixel of that image or the batch mean
+    mean = x.mean()
+    for i in range(4):
+        vals = set(x[i].flatten().tolist()) | {float(mean)}
+        assert all(any(abs(v - u) < 1e-5 for u in vals) for v in out[i].flatten().tolist()[:40])
+    noise = DCAugment("noise")(x, make_generator(1))
+    assert (noise - x).abs().max() < 0.01
+    rot = DCAugment("rotate", rotate=0.0)(x, make_generator(2))
+    assert torch.allclose(rot, x, atol=1e-5)
+    with pytest.raises(ValueError):
+        DCAugment("warp")
