@@ -415,6 +415,7 @@ def evaluate(
         protocol=config_to_dict(proto), reduced=bool(notes), reduced_note="; ".join(notes), wall_time_s=wall,
         seconds_per_run=wall / proto.runs, ensemble=mode, peak_memory_mb=peak, seed=seed,
         synset={"method": synset.meta.get("method"), "dataset": synset.meta.get("dataset", test.name),
+                "preset": synset.meta.get("preset"), "reduced_budget": bool(synset.meta.get("reduced_budget")),
                 "ipc": synset.ipc, "num_images": len(synset), "label_kind": "soft" if synset.soft else "hard",
                 "preprocessing": synset.preprocessing.describe()},
     )

@@ -32,8 +32,18 @@ def result_row(result: dict[str, Any], method: str | None = None) -> dict[str, s
         "labels": f"{s.get('label_kind', 'hard')}/{p['label_loss']}",
         "lr": "learned" if p.get("lr_from_synset") else f"{p['lr']:g} ({p['schedule']})",
         "zca": p.get("zca", "none"),
-        "reduced": result.get("reduced_note") or "no",
+        "reduced": _reduced(result),
     }
+
+
+def _reduced(result: dict[str, Any]) -> str:
+    notes = []
+    s = result.get("synset", {})
+    if s.get("reduced_budget"):
+        notes.append(f"distill: {s.get('preset')} preset")
+    if result.get("reduced_note"):
+        notes.append(f"eval: {result['reduced_note']}")
+    return "; ".join(notes) or "no"
 
 
 def format_table(rows: list[dict[str, str]]) -> str:
