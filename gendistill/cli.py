@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/quickstart")
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--runs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", default=None, help="comma-separated subset")
     p.add_argument("--data-root", default=None)

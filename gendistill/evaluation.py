@@ -223,9 +223,16 @@ class _Trainer:
     def _optimizer(self, params, lr):
         return torch.optim.SGD(params, lr=lr, momentum=self.p.momentum, weight_decay=self.p.weight_decay)
 
-    def _lr_changes(self, epoch: int) -> bool:
-        return epoch > 0 and _lr_at(self.p, self.lr, self.passes, epoch) != _lr_at(self.p, self.lr, self.passes,
-                                                                                     epoch - 1)
+    def _schedule(self, opt, params, epoch: int):
+        """Apply the lr schedule at the start of pass ``epoch``; returns the optimiser to use."""
+        new_lr = _lr_at(self.p, self.lr, self.passes, epoch)
+        if epoch == 0 or new_lr == _lr_at(self.p, self.lr, self.passes, epoch - 1):
+            return opt
+        if self.p.schedule == "step_half":
+            return self._optimizer(params, new_lr)  # the reference re-creates SGD (momentum reset)
+        for group in opt.param_groups:
+            group["lr"] = new_lr
+        return opt
 
     def train_sequential(self, net: nn.Module, gen: torch.Generator, progress) -> torch.Tensor:
         net.train()
@@ -233,13 +240,7 @@ class _Trainer:
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         n = self.x.shape[0]
         for epoch in range(self.passes):
-            if self._lr_changes(epoch):
-                new_lr = _lr_at(self.p, self.lr, self.passes, epoch)
-                if self.p.schedule == "step_half":
-                    opt = self._optimizer(net.parameters(), new_lr)  # reference re-creates SGD (momentum reset)
-                else:
-                    for group in opt.param_groups:
-                        group["lr"] = new_lr
+            opt = self._schedule(opt, net.parameters(), epoch)
             perm = torch.randperm(n, generator=gen)
             for start in range(0, n, self.p.batch_size):
                 xb, yb, yb2, lam = self._batch(perm, start, gen)
@@ -266,13 +267,7 @@ class _Trainer:
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         n = self.x.shape[0]
         for epoch in range(self.passes):
-            if self._lr_changes(epoch):
-                new_lr = _lr_at(self.p, self.lr, self.passes, epoch)
-                if self.p.schedule == "step_half":
-                    opt = self._optimizer(params.values(), new_lr)
-                else:
-                    for group in opt.param_groups:
-                        group["lr"] = new_lr
+            opt = self._schedule(opt, params.values(), epoch)
             perms = [torch.randperm(n, generator=g) for g in gens]
             for start in range(0, n, self.p.batch_size):
                 batches = [self._batch(perms[i], start, gens[i]) for i in range(m)]

@@ -23,12 +23,12 @@ QUICKSTART_METHODS = [
     ("random", [], None),
     ("herding", ["feature_images_per_class=100", "feature_epochs=3"], None),
     ("kmeans", [], None),
-    ("dm", [], "cpu"),
+    ("dm", ["iterations=100"], "cpu"),
 ]
 
 
 def quickstart(out: str | Path = "runs/quickstart", data_root: str | None = None, ipc: int = 10,
-               epochs: int | None = None, runs: int = 3, seed: int = 0, progress: bool = True,
+               epochs: int | None = None, runs: int = 2, seed: int = 0, progress: bool = True,
                methods: list[str] | None = None) -> str:
     """Run the tour and return the markdown table (also written to ``out/results.md``)."""
     root = resolve_data_root(data_root)
