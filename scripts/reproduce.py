@@ -26,7 +26,8 @@ from gendistill.results import format_table, result_row
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--cell", action="append", required=True, help="method:dataset:ipc[:preset]")
+    ap.add_argument("--cell", action="append", required=True,
+                    help="method:dataset:ipc[:preset[:key=value,key=value]] (per-cell method overrides)")
     ap.add_argument("--protocol", default="dc")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=None)
@@ -39,15 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     cache: dict[str, object] = {}
     for cell in args.cell:
         method, dataset, ipc, *rest = cell.split(":")
-        preset = rest[0] if rest else None
+        preset = rest[0] if rest and rest[0] else None
+        cell_overrides = rest[1].split(",") if len(rest) > 1 and rest[1] else []
         run_dir = out / f"{method}_{dataset}_ipc{ipc}{'_' + preset if preset else ''}"
         if (run_dir / "result.json").is_file():
             result = json.loads((run_dir / "result.json").read_text())
         else:
             splits = cache.get(dataset) or load_dataset(dataset, args.data_root)
             cache[dataset] = splits
-            synset = distill(method, splits, int(ipc), run_dir, seed=args.seed, preset=preset, overrides=args.set,
-                             checkpoint_every=0, resume=True)
+            synset = distill(method, splits, int(ipc), run_dir, seed=args.seed, preset=preset,
+                             overrides=[*args.set, *cell_overrides], checkpoint_every=25, resume=True)
             result = evaluate_run(synset, splits, run_dir, protocol=args.protocol, runs=args.runs,
                                   epochs=args.epochs, seed=args.seed).to_dict()
             result["distill_time_s"] = synset.meta.get("distill_time_s")
