@@ -1,4 +1,5 @@
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +161,16 @@ def test_zca_is_fitted_once_and_cached(tmp_path):
     s2 = load_dataset("mnist", tmp_path, zca="kornia")
     assert s2.train.preprocessing.same_space(s.train.preprocessing)
     assert torch.allclose(s2.train.images(), s.train.images())
+
+
+def test_shared_mnist_when_available():
+    """The real MNIST files (CI points GENDISTILL_DATA at them); skipped where they are absent."""
+    import os
+
+    root = os.environ.get("GENDISTILL_DATA")
+    if not root or not (Path(root) / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        pytest.skip("no MNIST under GENDISTILL_DATA")
+    s = load_dataset("mnist", root)
+    assert len(s.train) == 60000 and len(s.test) == 10000
+    assert torch.equal(s.train.class_counts, torch.bincount(s.train.labels, minlength=10))
+    assert int(s.train.class_counts.min()) == 5421  # digit 5
