@@ -328,15 +328,3 @@ def create_network(name: str, channels: int, num_classes: int, image_size: int, 
     with seeded(seed):
         return build()
 
-
-def check_network_input(net: nn.Module, name: str, shape: tuple[int, int, int]) -> None:
-    """Run one dummy image through ``net``; a shape error becomes a one-line NetworkInputError."""
-    try:
-        with torch.no_grad():
-            net.eval()
-            net(torch.zeros(1, *shape))
-            net.train()
-    except RuntimeError as exc:
-        raise NetworkInputError(
-            f"network {name} cannot take images of shape {tuple(shape)} ({str(exc).splitlines()[0]})"
-        ) from exc

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from pathlib import Path
@@ -102,7 +101,3 @@ def load_for_synset(synset: SyntheticSet, data_root: str | None, download: bool 
     return load_dataset(name, data_root, download=download, zca=zca.variant if zca else None,
                         zca_eps=zca.eps if zca else 0.1)
 
-
-def replace_fields(obj: Any, **changes: Any) -> Any:
-    """``dataclasses.replace`` that ignores None values."""
-    return dataclasses.replace(obj, **{k: v for k, v in changes.items() if v is not None})
