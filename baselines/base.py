@@ -84,6 +84,11 @@ class PixelDistiller(IterativeDistiller):
         return self.make_synset(train, state["images"], labels, ipc, seed)
 
     # ---------------------------------------------------------------------------------------- helpers
+    @staticmethod
+    def images_per_class(state: dict[str, Any], train: RealDataset) -> int:
+        """IPC of the live synthetic images (class-major, ``num_classes * ipc`` rows)."""
+        return state["images"].shape[0] // train.num_classes
+
     def dsa_for(self, train: RealDataset) -> DSA:
         """The siamese augmentation of this run (disabled when ``dsa`` is off)."""
         return DSA.for_dataset(train.flip_ok, self.config.dsa_strategy) if self.config.dsa else DSA("none")

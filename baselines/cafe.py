@@ -143,7 +143,7 @@ class CAFE(PixelDistiller):
         cfg = self.config
         c = train.num_classes
         images = state["images"]
-        ipc = images.shape[0] // c
+        ipc = self.images_per_class(state, train)
         net = self.fresh_network(train, seed, state["round"])
         net.train()
         dsa = self.dsa_for(train)

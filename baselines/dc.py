@@ -96,7 +96,7 @@ class GradientMatching(PixelDistiller):
         cfg = self.config
         c = train.num_classes
         images = state["images"]
-        ipc = images.shape[0] // c
+        ipc = self.images_per_class(state, train)
         outer_loop, inner_loop = self._loops(ipc)
         net = self.fresh_network(train, seed, it)
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):

@@ -28,7 +28,7 @@ from torch.func import functional_call
 
 from gendistill.data import RealDataset
 from gendistill.errors import ConfigError, GendistillError
-from gendistill.evaluation import EvalResult, register_evaluator
+from gendistill.evaluation import EvalResult, register_evaluator, split_accuracy
 from gendistill.methods import IterativeDistiller, register_method
 from gendistill.nets import create_network
 from gendistill.seeding import derive_seed
@@ -188,12 +188,7 @@ def evaluate_learned_schedule(synset: SyntheticSet, test: RealDataset, *, runs: 
                     grads = torch.autograd.grad(loss, list(params.values()))
                 for p, g in zip(params.values(), grads, strict=True):
                     p -= lrs[t] * g
-        net.eval()
-        correct = 0
-        with torch.inference_mode():
-            for xb, yb in test.batches(500):
-                correct += int((net(xb.to(device)).argmax(1) == yb.to(device)).sum())
-        accs.append(100.0 * correct / len(test))
+        accs.append(split_accuracy(net, test, device=device))
     wall = time.perf_counter() - start
     protocol = {"name": "dd", "model": name, "epochs": 0, "steps": len(lrs), "lr": "learned per step",
                 "lr_from_synset": True, "schedule": "learned", "label_loss": "ce", "dsa_strategy": "",

@@ -61,7 +61,7 @@ class DistributionMatching(PixelDistiller):
         cfg = self.config
         c = train.num_classes
         images = state["images"]
-        ipc = images.shape[0] // c
+        ipc = self.images_per_class(state, train)
         net = self.fresh_network(train, seed, it)
         net.train()
         for p in net.parameters():

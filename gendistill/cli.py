@@ -111,35 +111,26 @@ def _cmd_distill(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .evaluation import get_protocol
+    import dataclasses
+
+    from .evaluation import CUSTOM_EVALUATORS, evaluate, get_protocol
+    from .methods import list_methods
     from .pipeline import load_for_synset
     from .synset import SyntheticSet
 
     synset = SyntheticSet.load(args.synset)
     splits = load_for_synset(synset, args.data_root, args.download, args.dataset)
     protocol = args.protocol or "dc"
-    from .evaluation import CUSTOM_EVALUATORS
-    from .methods import list_methods
-
     list_methods()  # importing the method packages registers their evaluators
     if protocol in CUSTOM_EVALUATORS:
         result = CUSTOM_EVALUATORS[protocol](synset, splits.test, runs=args.runs or 5, seed=args.seed,
                                              model=args.model, device=args.device)
-        print(result.summary())
-        if args.json:
-            from .atomic import atomic_json
-
-            atomic_json(args.json, result.to_dict())
-        return 0
-    proto = get_protocol(protocol)
-    if synset.preprocessing.zca is not None:
-        import dataclasses
-
-        proto = dataclasses.replace(proto, zca=synset.preprocessing.zca.variant)
-    from .evaluation import evaluate
-
-    result = evaluate(synset, splits.test, proto, model=args.model, runs=args.runs, epochs=args.epochs,
-                      seed=args.seed, device=args.device, progress=not args.quiet)
+    else:
+        proto = get_protocol(protocol)
+        if synset.preprocessing.zca is not None:
+            proto = dataclasses.replace(proto, zca=synset.preprocessing.zca.variant)
+        result = evaluate(synset, splits.test, proto, model=args.model, runs=args.runs, epochs=args.epochs,
+                          seed=args.seed, device=args.device, progress=not args.quiet)
     print(result.summary())
     if args.json:
         from .atomic import atomic_json

@@ -41,7 +41,7 @@ from .seeding import derive_seed, make_generator
 from .synset import SyntheticSet
 
 __all__ = ["PROTOCOLS", "EvalProtocol", "EvalResult", "evaluate", "get_protocol", "register_evaluator",
-           "train_network"]
+           "split_accuracy", "train_network"]
 
 # Method-specific evaluations (e.g. DD's learned-schedule training) registered by method packages:
 # name -> fn(synset, test, *, runs, seed, model, device) -> EvalResult.
@@ -283,7 +283,10 @@ class _Trainer:
         return params, buffers, base, bad
 
 
-def _accuracy_sequential(net: nn.Module, test: RealDataset, batch_size: int, device) -> float:
+def split_accuracy(net: nn.Module, test: RealDataset, batch_size: int = 100, device: str | torch.device = "cpu"
+                  ) -> float:
+    """Top-1 accuracy (%) of ``net`` on the whole split (eval mode, inference mode)."""
+    device = torch.device(device)
     # channels_last with small batches is ~2x faster for CPU inference (measured; see scripts/bench_eval.py).
     fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     net.eval().to(memory_format=fmt)
@@ -398,7 +401,7 @@ def evaluate(
             if bool(trainer.train_sequential(net, gen, bar)):
                 raise NonFiniteLossError("evaluation loss became NaN/inf: the synthetic set has extreme values or "
                                          "the lr is too high; check the set or lower the lr")
-            accs.append(_accuracy_sequential(net, test, proto.test_batch_size, device))
+            accs.append(split_accuracy(net, test, proto.test_batch_size, device))
     bar.close()
     wall = time.perf_counter() - start
     if device.type == "cuda":
