@@ -18,6 +18,13 @@ __all__ = ["main"]
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="dataset folder (default: $GENDISTILL_DATA, else ~/.cache/gendistill/data)")
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="image size for folder datasets (ImageNet subsets: 128 by default; 256 for DiT-XL/2)")
+
+
+def dataset_options(args) -> dict:
+    """Dataset-specific loader options given on the command line."""
+    return {"resolution": args.resolution} if getattr(args, "resolution", None) else {}
 
 
 def _add_eval_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -82,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="markdown table of result.json files")
     p.add_argument("paths", nargs="+")
 
+    from .generative.commands import add_parsers
+
+    add_parsers(sub, _add_data_args)
+
     p = sub.add_parser("quickstart", help="a few-minute tour: distill, evaluate, table and grids")
     p.add_argument("--out", default="runs/quickstart")
     p.add_argument("--ipc", type=int, default=10)
@@ -97,7 +108,8 @@ def _cmd_distill(args) -> int:
     from .data import load_dataset
     from .pipeline import distill, evaluate_run
 
-    splits = load_dataset(args.dataset, args.data_root, download=args.download, zca=args.zca)
+    splits = load_dataset(args.dataset, args.data_root, download=args.download, zca=args.zca,
+                          **dataset_options(args))
     synset = distill(args.method, splits, args.ipc, args.out, seed=args.seed, preset=args.preset,
                      config_file=args.config, overrides=args.set, resume=args.resume, progress=not args.quiet,
                      checkpoint_every=args.checkpoint_every, log_every=args.log_every, grid_every=args.grid_every)
@@ -204,6 +216,10 @@ def _dispatch(args) -> int:
             raise GendistillError("no result.json found under the given paths")
         print(format_table([result_row(r) for r in results]), end="")
         return 0
+    if args.command in ("pretrain", "finetune", "sample"):
+        from .generative.commands import run
+
+        return run(args)
     if args.command == "quickstart":
         from .quickstart import quickstart
 

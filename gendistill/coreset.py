@@ -21,7 +21,7 @@ from .nets import create_network
 from .seeding import derive_seed, make_generator
 from .synset import SyntheticSet
 
-__all__ = ["CoresetConfig", "class_features"]
+__all__ = ["CoresetConfig", "class_features", "feature_network", "kcenter_greedy"]
 
 
 @dataclasses.dataclass
@@ -43,15 +43,13 @@ class CoresetConfig:
     device: str = "cpu"
 
 
-def class_features(train: RealDataset, config: CoresetConfig, seed: int) -> torch.Tensor:
-    """``[N, D]`` features of every training image in the configured feature space."""
-    images = train.images()
-    if config.features == "pixels":
-        return images.flatten(1)
+def feature_network(train: RealDataset, config: CoresetConfig, seed: int) -> torch.nn.Module:
+    """The network of the ``trained``/``random`` feature spaces (trained briefly on ``train`` for ``trained``)."""
     device = torch.device(config.device)
     c, h, _ = train.image_shape
     net = create_network(config.feature_model, c, train.num_classes, h, seed=derive_seed(seed, "features"))
     if config.features == "trained":
+        images = train.images()
         gen = make_generator(derive_seed(seed, "feature-data"))
         if config.feature_images_per_class:
             idx = train.sample_indices(config.feature_images_per_class, gen).reshape(-1)
@@ -60,12 +58,32 @@ def class_features(train: RealDataset, config: CoresetConfig, seed: int) -> torc
         # train_network runs epochs + 1 passes (the reference loop), so epochs = feature_epochs - 1.
         protocol = EvalProtocol(name="feature", epochs=max(config.feature_epochs, 1) - 1, schedule="constant")
         train_network(net, images[idx], train.labels[idx], protocol, gen, flip_ok=train.flip_ok, device=device)
-    net = net.to(device).eval()
+    return net.to(device).eval()
+
+
+def class_features(train: RealDataset, config: CoresetConfig, seed: int) -> torch.Tensor:
+    """``[N, D]`` features of every training image in the configured feature space."""
+    if config.features == "pixels":
+        return train.images().flatten(1)
+    net = feature_network(train, config, seed)
+    device = torch.device(config.device)
     feats = []
     with torch.inference_mode():
         for xb, _ in train.batches(1000):
             feats.append(net.embed(xb.to(device)).float().cpu())
     return torch.cat(feats)
+
+
+def kcenter_greedy(feats: torch.Tensor, k: int) -> torch.Tensor:
+    """Greedy k-center: start at the sample nearest the mean, then repeatedly add the farthest sample."""
+    first = int(torch.argmin(((feats - feats.mean(0)) ** 2).sum(1)))
+    picks = [first]
+    mind = ((feats - feats[first]) ** 2).sum(1)
+    for _ in range(k - 1):
+        i = int(torch.argmax(mind))
+        picks.append(i)
+        mind = torch.minimum(mind, ((feats - feats[i]) ** 2).sum(1))
+    return torch.tensor(picks)
 
 
 class _Selector(Distiller):
@@ -130,14 +148,7 @@ class KCenter(_Selector):
     """Greedy k-center: start at the sample nearest the class mean, then repeatedly add the farthest sample."""
 
     def select(self, feats, ipc, generator):
-        first = int(torch.argmin(((feats - feats.mean(0)) ** 2).sum(1)))
-        picks = [first]
-        mind = ((feats - feats[first]) ** 2).sum(1)
-        for _ in range(ipc - 1):
-            i = int(torch.argmax(mind))
-            picks.append(i)
-            mind = torch.minimum(mind, ((feats - feats[i]) ** 2).sum(1))
-        return torch.tensor(picks)
+        return kcenter_greedy(feats, ipc)
 
 
 @dataclasses.dataclass

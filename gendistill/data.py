@@ -12,6 +12,7 @@ downloaded unless ``download=True`` (``--download``).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import io
 import os
 import pickle
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DatasetNotFoundError, GendistillError
+from .errors import ConfigError, DatasetNotFoundError, GendistillError
 from .preprocessing import Preprocessing, fit_zca
 
 __all__ = [
@@ -257,6 +258,11 @@ def load_dataset(
     """
     spec = get_dataset_spec(name)
     root = resolve_data_root(data_root)
+    accepted = set(inspect.signature(spec.loader).parameters) - {"root", "download"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        takes = ", ".join(sorted(accepted)) or "none"
+        raise ConfigError(f"dataset {name} takes no option {', '.join(unknown)} (it takes: {takes})")
     splits = spec.loader(root, download, **options)
     if zca:
         splits.apply_zca(zca, zca_eps, cache_dir=root / ".gendistill_cache")

@@ -68,6 +68,7 @@ def register_method(name: str, *, config: type, paper: str, year: int, kind: str
 def _populate() -> None:
     """Import the packages that register methods (``baselines`` registers on import)."""
     from . import coreset  # noqa: F401
+    from .generative import method  # noqa: F401
 
     with contextlib.suppress(ImportError):
         import baselines  # noqa: F401

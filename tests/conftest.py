@@ -63,12 +63,17 @@ def make_cifar10_root(root: Path, n_per_class: int = 3) -> Path:
     return root
 
 
-@pytest.fixture
-def tiny_train() -> RealDataset:
+def tiny_dataset() -> RealDataset:
     """10 classes x 12 images, 1x16x16, learnable class pattern."""
     x, y = class_pattern_images(12, 10, 1, 16)
     return RealDataset(torch.from_numpy(x), torch.from_numpy(y), [f"c{i}" for i in range(10)],
                        Preprocessing((0.2,), (0.3,)), "tiny", "train", flip_ok=True)
+
+
+@pytest.fixture
+def tiny_train() -> RealDataset:
+    """10 classes x 12 images, 1x16x16, learnable class pattern."""
+    return tiny_dataset()
 
 
 @pytest.fixture

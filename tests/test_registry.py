@@ -16,6 +16,9 @@ TINY_OVERRIDES = {
     "iterations": 2, "feature_model": "convnet_w8", "feature_epochs": 1, "model": "convnet_w8", "net_width": 8,
     "batch_real": 4, "n_init": 1, "outer_loop": 2, "inner_loop": 1, "max_outer": 2, "max_inner": 2,
     "acc_batch": 4, "window": 2, "distill_epochs": 1, "batch_train": 8,
+    # generative methods: a 2-block DiT, 2 pretraining and 2 fine-tuning steps, 3 sampling steps
+    "arch": "custom-D2-W16-H2/4", "pretrain_steps": 2, "pretrain_batch_size": 8, "finetune_steps": 2,
+    "batch_size": 4, "sample_steps": 3, "checkpoint_every": 0,
 }
 
 

@@ -1,0 +1,104 @@
+"""The ``gendistill pretrain`` / ``finetune`` / ``sample`` commands (also usable under ``accelerate launch``)::
+
+    gendistill pretrain --dataset mnist --out runs/dit-mnist --preset cpu
+    accelerate launch --multi_gpu --num_processes 4 -m gendistill.cli finetune --dataset imagewoof \\
+        --model facebook/DiT-XL-2-256 --out runs/mm-woof --resume latest
+    gendistill sample --model runs/mm-woof/model --dataset imagewoof --ipc 1,10,50 --out runs/mm-woof/samples
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+COMMANDS = ("pretrain", "finetune", "sample")
+
+
+def add_parsers(sub: argparse._SubParsersAction, add_data_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Register the three generative subcommands."""
+    helps = {"pretrain": "train a class-conditional DiT from scratch on a dataset (diffusers layout)",
+             "finetune": "Minimax fine-tuning of a DiT pipeline (local folder or hub id)",
+             "sample": "generate IPC images per class from a DiT pipeline into synthetic sets"}
+    for name in COMMANDS:
+        p = sub.add_parser(name, help=helps[name])
+        p.add_argument("--dataset", required=True)
+        p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--preset", default=None, help="minimax preset name, e.g. cpu")
+        p.add_argument("--config", default=None, help="YAML file of settings (MinimaxConfig fields)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+        p.add_argument("--seed", type=int, default=0)
+        add_data_args(p)
+        if name != "pretrain":
+            p.add_argument("--model", default=None, help="DiT pipeline folder or hub id (default: the config's)")
+        if name == "sample":
+            p.add_argument("--ipc", default="10", help="comma-separated IPCs; generated once for the largest")
+        else:
+            p.add_argument("--resume", nargs="?", const="latest", default=None,
+                           help="continue from the newest checkpoint (--resume or --resume latest)")
+
+
+def _config(args: argparse.Namespace, ipc: int):
+    from ..pipeline import resolve_config
+
+    overrides = list(args.set)
+    if getattr(args, "model", None):
+        overrides.append(f"pretrained={args.model}")
+    return resolve_config("minimax", args.dataset, ipc, preset=args.preset, config_file=args.config,
+                          overrides=overrides)
+
+
+def _record(out: Path, args: argparse.Namespace, config, resume: bool) -> None:
+    from ..config import config_to_dict
+    from ..runs import RunDir
+
+    RunDir(out, resume=resume).write_config({"command": args.command, "dataset": args.dataset, "seed": args.seed,
+                                             "preset": args.preset, "config": config_to_dict(config)})
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch one of :data:`COMMANDS`."""
+    from ..data import load_dataset
+    from ..errors import ConfigError
+    from .method import finetune, generate, load_model, pretrain
+
+    progress = not args.quiet
+    from ..cli import dataset_options
+
+    splits = load_dataset(args.dataset, args.data_root, download=args.download, **dataset_options(args))
+    out = Path(args.out)
+    if args.command == "pretrain":
+        config = _config(args, 0)
+        _record(out, args, config, bool(args.resume))
+        path = pretrain(splits.train, config, out, seed=args.seed, resume=bool(args.resume), progress=progress)
+        print(f"wrote {path}")
+        return 0
+    if args.command == "finetune":
+        config = _config(args, 0)
+        if not config.pretrained:
+            raise ConfigError("finetune needs a model: --model DIR_OR_HUB_ID (or run `gendistill pretrain` first)")
+        _record(out, args, config, bool(args.resume))
+        path = finetune(load_model(config.pretrained, config), splits.train, config, out, seed=args.seed,
+                        resume=bool(args.resume), progress=progress)
+        print(f"wrote {path}")
+        return 0
+    ipcs = sorted({int(v) for v in str(args.ipc).split(",") if v.strip()})
+    if not ipcs or ipcs[0] < 1:
+        raise ConfigError(f"--ipc must list positive integers, got {args.ipc!r}")
+    config = _config(args, ipcs[-1])
+    if not config.pretrained:
+        raise ConfigError("sample needs a model: --model DIR_OR_HUB_ID")
+    from .method import DiTDistiller, MinimaxDistiller, to_synset
+
+    backbone = load_model(config.pretrained, config)
+    pixels, labels, seeds = generate(backbone, splits.train, ipcs[-1], config, seed=args.seed, progress=progress)
+    distiller = (MinimaxDistiller if backbone.info.get("stage") == "finetune" else DiTDistiller)(config)
+    full = to_synset(distiller, splits.train, pixels, labels, seeds, ipcs[-1], args.seed, out)
+    full.meta["model"] = config.pretrained
+    for ipc in ipcs:
+        part = full if ipc == ipcs[-1] else full.subset(ipc)
+        part.meta["ipc"] = ipc
+        part.save(out / f"ipc{ipc}" / "synset")
+        print(f"wrote {out / f'ipc{ipc}' / 'synset'} ({len(part)} images)")
+    print(f"full-resolution images in {out / 'images'}")
+    return 0

@@ -1,0 +1,367 @@
+"""The registered generative methods ``minimax`` and ``dit`` and the stages behind them.
+
+``minimax`` (Gu et al., "Efficient Dataset Distillation via Minimax Diffusion", CVPR 2024): load a
+class-conditional DiT (or pretrain one on the dataset when none is given), fine-tune it with the
+representativeness and diversity criteria, and sample ``ipc`` images per class. ``dit`` is the same pipeline
+without fine-tuning, the reference's strongest ablation. Run folder layout::
+
+    pretrain/   checkpoints/, metrics.jsonl, model/   (only when no ``pretrained`` model is given)
+    finetune/   checkpoints/, metrics.jsonl, model/   (minimax only)
+    images/     full-resolution PNG ImageFolder of the synthetic set
+    synset/     the SyntheticSet at the dataset's resolution, normalised like the dataset
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from ..data import RealDataset
+from ..errors import ConfigError
+from ..methods import BaseConfig, Distiller, register_method
+from ..preprocessing import Preprocessing
+from ..synset import SyntheticSet
+from .backbone import Backbone, build_dit, load_backbone
+from .diffusion import GaussianDiffusion
+from .sample import image_seeds, sample_images
+from .train import TrainSpec, train_backbone
+
+__all__ = ["DiTDistiller", "MinimaxConfig", "MinimaxDistiller", "pretrain", "resolve_class_ids"]
+
+PAPER = "Gu et al., Efficient Dataset Distillation via Minimax Diffusion, CVPR 2024"
+
+
+@dataclasses.dataclass
+class MinimaxConfig(BaseConfig):
+    """Settings of the generative pipeline (defaults: the reference's fine-tuning and sampling).
+
+    Attributes:
+        pretrained: local folder or hub id of a DiT pipeline (``facebook/DiT-XL-2-256`` layout); empty = pretrain one
+            on the dataset first.
+        vae_encoder / vae_decoder: other VAEs (the reference: ``stabilityai/sd-vae-ft-ema`` to encode,
+            ``stabilityai/sd-vae-ft-mse`` to decode); for pretraining in latent space, the VAE to use.
+        tie_embeddings: share one conditioning embedder across the diffusers blocks.
+        scaled_blocks: blocks with DiffFit scales (-1 = the first half).
+        class_ids: model class index of each dataset class (empty = automatic: ImageNet wnids, or identity).
+        arch: DiT size for pretraining (``DiT-S/2`` ... ``DiT-XL/2`` or ``custom-D<d>-W<w>-H<h>/<p>``).
+        space: ``pixel``, ``latent`` or ``auto`` (pixel space up to 64 px) for pretraining.
+        prediction: network target for pretraining: ``epsilon`` (as DiT) or ``v_prediction``, which learns the
+            high-noise steps much sooner on a small budget (the chain, sampler and Minimax losses are unchanged;
+            a loaded model keeps the target it was trained with).
+        pretrain_*: pretraining steps, global batch, AdamW lr and EMA decay (DiT: lr 1e-4, EMA 0.9999).
+        finetune_steps: fine-tuning iterations (the reference samples the 12,000-iteration checkpoint).
+        batch_size: global fine-tuning batch (8).
+        lr / weight_decay: AdamW (1e-3, 0).
+        ema_decay: EMA of the fine-tuned weights (0.9999); sampling uses the EMA.
+        trainable: ``difffit`` (biases, class table, DiffFit scales) or ``full``.
+        lambda_pos / lambda_neg: representativeness / diversity weights (0.002 / 0.008).
+        memory_size: entries per class in each FIFO memory (64).
+        temperature: 0 = hard min/max (reference); > 0 = smooth logsumexp version.
+        label_dropout: probability of the null label in training (keeps guidance working).
+        flip: random horizontal flips (skipped for digit datasets).
+        max_grad_norm: gradient clipping (0 = off, as the reference).
+        mixed_precision: ``no``, ``bf16`` or ``fp16`` (accelerate).
+        checkpoint_every / log_every: training checkpoint and log intervals (steps).
+        tracker: ``tensorboard`` or ``wandb`` (empty = none).
+        sample_steps: respaced ancestral sampling steps (50).
+        cfg_scale: classifier-free guidance (4.0 for DiT-XL/2; 1 = off).
+        cfg_channels: epsilon channels guided (3 as DiT; 0 = all).
+        sample_batch_size: images per sampling batch.
+        generate_ipc: generate this many per class (when larger than ``ipc``) and keep the first ``ipc``.
+        oversample: extension: generate ``ceil(oversample * ipc)`` per class and keep ``ipc`` by ``select``.
+        select: ``first``, ``kcenter`` (in a real-data-trained ConvNet's feature space) or ``confidence``
+            (that ConvNet's probability of the intended class).
+        select_epochs: training epochs of that ConvNet.
+    """
+
+    pretrained: str = ""
+    vae_encoder: str = ""
+    vae_decoder: str = ""
+    tie_embeddings: bool = True
+    scaled_blocks: int = -1
+    class_ids: list[int] = dataclasses.field(default_factory=list)
+    arch: str = "DiT-S/2"
+    space: str = "auto"
+    prediction: str = "epsilon"
+    pretrain_steps: int = 400000
+    pretrain_batch_size: int = 256
+    pretrain_lr: float = 1e-4
+    pretrain_ema_decay: float = 0.9999
+    finetune_steps: int = 12000
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    ema_decay: float = 0.9999
+    trainable: str = "difffit"
+    lambda_pos: float = 0.002
+    lambda_neg: float = 0.008
+    memory_size: int = 64
+    temperature: float = 0.0
+    label_dropout: float = 0.1
+    flip: bool = True
+    max_grad_norm: float = 0.0
+    mixed_precision: str = "no"
+    checkpoint_every: int = 2000
+    log_every: int = 50
+    tracker: str = ""
+    sample_steps: int = 50
+    cfg_scale: float = 4.0
+    cfg_channels: int = 3
+    sample_batch_size: int = 64
+    generate_ipc: int = 0
+    oversample: float = 1.0
+    select: str = "first"
+    select_epochs: int = 2
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.space in ("auto", "pixel", "latent"), "space must be auto, pixel or latent"),
+            (self.prediction in ("epsilon", "v_prediction"), "prediction must be epsilon or v_prediction"),
+            (self.trainable in ("difffit", "full"), "trainable must be difffit or full"),
+            (self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision must be no, bf16 or fp16"),
+            (self.select in ("first", "kcenter", "confidence"), "select must be first, kcenter or confidence"),
+            (self.oversample >= 1.0, "oversample must be >= 1"),
+            (self.memory_size >= 1, "memory_size must be >= 1"),
+            (self.sample_steps >= 2, "sample_steps must be >= 2"),
+            (self.batch_size >= 1 and self.pretrain_batch_size >= 1, "batch sizes must be >= 1"),
+            (0.0 <= self.ema_decay < 1.0 and 0.0 <= self.pretrain_ema_decay < 1.0, "EMA decays must be in [0, 1)"),
+            (self.tracker in ("", "tensorboard", "wandb"), "tracker must be empty, tensorboard or wandb"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def train_spec(self, stage: str) -> TrainSpec:
+        """The :class:`TrainSpec` of ``pretrain`` or ``finetune``."""
+        common = {"label_dropout": self.label_dropout, "flip": self.flip, "max_grad_norm": self.max_grad_norm,
+                  "mixed_precision": self.mixed_precision, "device": self.device,
+                  "checkpoint_every": self.checkpoint_every, "log_every": self.log_every, "tracker": self.tracker}
+        if stage == "pretrain":
+            return TrainSpec("pretrain", self.pretrain_steps, self.pretrain_batch_size, self.pretrain_lr,
+                             ema_decay=self.pretrain_ema_decay, trainable="full", **common)
+        return TrainSpec("finetune", self.finetune_steps, self.batch_size, self.lr, self.weight_decay,
+                         self.ema_decay, self.trainable, self.lambda_pos, self.lambda_neg, self.memory_size,
+                         self.temperature, **common)
+
+
+# -------------------------------------------------------------------------------------------- class ids
+_WNID = re.compile(r"n\d{8}")
+
+
+def _dataset_wnids(train: RealDataset) -> list[str] | None:
+    if train.name in ("imagenette", "imagewoof", "imageidc"):
+        from ..data import _subset_classes
+
+        return _subset_classes(train.name)[0]
+    if all(_WNID.fullmatch(n) for n in train.class_names):
+        return list(train.class_names)
+    return None
+
+
+def resolve_class_ids(backbone: Backbone, train: RealDataset, explicit: list[int] | None = None) -> torch.Tensor:
+    """The model class index of each dataset class.
+
+    Explicit ids win; a model trained on this dataset (same class names) maps identically; a 1000-class model
+    and a dataset of ImageNet classes map through the ImageNet wnid order; a model with exactly as many classes
+    as the dataset maps identically.
+    """
+    n_model, n_data = backbone.net.num_classes, train.num_classes
+    if explicit:
+        if len(explicit) != n_data or not all(0 <= i < n_model for i in explicit):
+            raise ConfigError(f"class_ids needs {n_data} indices in [0, {n_model}); got {explicit}")
+        return torch.tensor(explicit)
+    names = backbone.info.get("class_names")
+    if names == list(train.class_names) or (names is None and n_model == n_data):
+        return torch.arange(n_data)
+    wnids = _dataset_wnids(train)
+    if n_model == 1000 and wnids is not None:
+        from timm.data import ImageNetInfo
+
+        order = {w: i for i, w in enumerate(ImageNetInfo().label_names())}
+        missing = [w for w in wnids if w not in order]
+        if missing:
+            raise ConfigError(f"classes {missing[:3]} are not ImageNet-1k classes; pass --set class_ids=[...]")
+        return torch.tensor([order[w] for w in wnids])
+    raise ConfigError(f"cannot map the {n_data} classes of {train.name} onto the model's {n_model} classes; "
+                      "pass --set class_ids=[i0,i1,...] (one model class per dataset class)")
+
+
+# ------------------------------------------------------------------------------------------------- stages
+def new_backbone(train: RealDataset, config: MinimaxConfig, seed: int) -> Backbone:
+    """A randomly initialised DiT for ``train`` (pixel space up to 64 px unless ``space`` says otherwise)."""
+    c, h, w = train.image_shape
+    if h != w:
+        raise ConfigError(f"{train.name} images are {h}x{w}; DiT pretraining needs square images")
+    space = config.space if config.space != "auto" else ("pixel" if h <= 64 else "latent")
+    enc = dec = None
+    if space == "latent":
+        if not config.vae_decoder:
+            raise ConfigError("latent-space pretraining needs a VAE: --set vae_decoder=stabilityai/sd-vae-ft-mse "
+                              "(a local folder or hub id), or --set space=pixel")
+        from diffusers import AutoencoderKL
+
+        from .backbone import _from_pretrained
+
+        dec = _from_pretrained(AutoencoderKL, config.vae_decoder, "")
+        enc = _from_pretrained(AutoencoderKL, config.vae_encoder, "") if config.vae_encoder else dec
+        for vae in (enc, dec):
+            vae.requires_grad_(False).eval()
+        factor = 2 ** (len(dec.config.block_out_channels) - 1)
+        if h % factor:
+            raise ConfigError(f"{h}px images do not divide by the VAE's downsampling factor {factor}")
+        net_channels, net_size = dec.config.latent_channels, h // factor
+        scale = float(getattr(dec.config, "scaling_factor", 0.18215))
+    else:
+        net_channels, net_size, scale = c, h, 1.0
+    from .backbone import DiffFitDiT
+
+    transformer = build_dit(config.arch, net_channels, net_size, train.num_classes, learn_sigma=True, seed=seed)
+    net = DiffFitDiT(transformer, None if config.scaled_blocks < 0 else config.scaled_blocks)
+    return Backbone(net, GaussianDiffusion.linear(prediction=config.prediction), space, c, h, enc, dec, scale,
+                    id2label=dict(enumerate(train.class_names)),
+                    info={"dataset": train.name, "class_names": list(train.class_names), "arch": config.arch})
+
+
+def load_model(source: str | Path, config: MinimaxConfig) -> Backbone:
+    """Load a DiT pipeline folder/hub id with the config's VAE and embedding options."""
+    return load_backbone(source, vae_encoder=config.vae_encoder or None, vae_decoder=config.vae_decoder or None,
+                         tie_embeddings=config.tie_embeddings,
+                         scaled_blocks=None if config.scaled_blocks < 0 else config.scaled_blocks)
+
+
+def pretrain(train: RealDataset, config: MinimaxConfig, out: str | Path, *, seed: int = 0, resume: bool = False,
+             progress: bool = True) -> Path:
+    """Train a class-conditional DiT from scratch on ``train``; returns ``out/model`` (skips a finished stage)."""
+    out = Path(out)
+    if (out / "model" / "transformer").is_dir():
+        return out / "model"
+    backbone = new_backbone(train, config, seed)
+    return train_backbone(backbone, train, torch.arange(train.num_classes), config.train_spec("pretrain"), out,
+                          seed=seed, resume=resume, progress=progress)
+
+
+def finetune(backbone: Backbone, train: RealDataset, config: MinimaxConfig, out: str | Path, *, seed: int = 0,
+             resume: bool = False, progress: bool = True) -> Path:
+    """Minimax fine-tuning of ``backbone`` on ``train``; returns ``out/model`` (skips a finished stage)."""
+    out = Path(out)
+    if (out / "model" / "transformer").is_dir():
+        return out / "model"
+    class_ids = resolve_class_ids(backbone, train, config.class_ids)
+    backbone.info.update({"dataset": train.name, "class_names": list(train.class_names),
+                          "class_ids": class_ids.tolist()})
+    return train_backbone(backbone, train, class_ids, config.train_spec("finetune"), out, seed=seed, resume=resume,
+                          progress=progress)
+
+
+def _select(pixels: torch.Tensor, labels: torch.Tensor, train: RealDataset, ipc: int, config: MinimaxConfig,
+            seed: int) -> torch.Tensor:
+    """Indices of ``ipc`` images per class chosen among the generated ones (class-major order kept)."""
+    per_class = pixels.shape[0] // train.num_classes
+    if config.select == "first" or per_class == ipc:
+        return torch.cat([torch.arange(c * per_class, c * per_class + ipc) for c in range(train.num_classes)])
+    from ..coreset import CoresetConfig, feature_network, kcenter_greedy
+
+    net = feature_network(train, CoresetConfig(feature_epochs=config.select_epochs, device=config.device), seed)
+    x = train.preprocessing.apply(_resize(pixels, train.image_shape[-1])).to(config.device)
+    with torch.inference_mode():
+        feats = torch.cat([net.embed(b).float().cpu() for b in x.split(500)])
+        logits = torch.cat([net(b).float().cpu() for b in x.split(500)])
+    chosen = []
+    for c in range(train.num_classes):
+        rows = torch.arange(c * per_class, (c + 1) * per_class)
+        if config.select == "kcenter":
+            local = kcenter_greedy(feats[rows], ipc)
+        else:
+            local = logits[rows].softmax(1)[:, c].topk(ipc).indices
+        chosen.append(rows[local.sort().values])
+    return torch.cat(chosen)
+
+
+def _resize(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    if pixels.shape[-1] == size:
+        return pixels
+    return F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def generate(backbone: Backbone, train: RealDataset, ipc: int, config: MinimaxConfig, *, seed: int = 0,
+             progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``ipc`` images per class: full-resolution pixels in [0, 1], dataset labels and per-image seeds."""
+    class_ids = resolve_class_ids(backbone, train, config.class_ids or backbone.info.get("class_ids"))
+    per_class = max(ipc, config.generate_ipc, math.ceil(config.oversample * ipc))
+    classes = torch.arange(train.num_classes)
+    seeds = image_seeds(seed, classes, per_class)
+    labels = classes.repeat_interleave(per_class)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+    backbone.to(config.device)
+    pixels = sample_images(backbone, class_ids[labels], seeds, steps=config.sample_steps, cfg_scale=config.cfg_scale,
+                           guided_channels=config.cfg_channels, batch_size=config.sample_batch_size,
+                           autocast_dtype=dtype, progress=progress)
+    keep = _select(pixels, labels, train, ipc, config, seed) if per_class > ipc else torch.arange(len(labels))
+    return pixels[keep], labels[keep], seeds[keep]
+
+
+def to_synset(distiller: Distiller, train: RealDataset, pixels: torch.Tensor, labels: torch.Tensor,
+              seeds: torch.Tensor, ipc: int, seed: int, out: Path | None) -> SyntheticSet:
+    """The SyntheticSet (dataset resolution, dataset normalisation) plus the full-resolution PNG folder."""
+    if out is not None:
+        full = SyntheticSet(pixels, labels, train.class_names,
+                            Preprocessing((0.0,) * pixels.shape[1], (1.0,) * pixels.shape[1]),
+                            meta={"method": distiller.name, "dataset": train.name, "ipc": ipc, "seed": seed})
+        full.to_imagefolder(out / "images")
+    images = train.preprocessing.apply(_resize(pixels, train.image_shape[-1]))
+    return distiller.make_synset(train, images, labels, ipc, seed,
+                                 meta={"image_seeds": seeds.tolist(), "generated_resolution": pixels.shape[-1]})
+
+
+class MinimaxDistiller(Distiller):
+    """Minimax diffusion: (pretrain ->) fine-tune with representativeness/diversity -> sample."""
+
+    finetunes: ClassVar[bool] = True
+
+    def distill(self, train: RealDataset, ipc: int, *, seed: int = 0, run: Any = None) -> SyntheticSet:
+        config: MinimaxConfig = self.config
+        out = Path(run.path) if run is not None else None
+        resume = bool(run is not None and run.resume)
+        progress = run is None or run.progress
+        if out is None:
+            import tempfile
+
+            out = Path(tempfile.mkdtemp(prefix="gendistill-"))
+        times: dict[str, float] = {}
+        clock = time.perf_counter()
+        source = config.pretrained or pretrain(train, config, out / "pretrain", seed=seed, resume=resume,
+                                               progress=progress)
+        times["pretrain_s"] = time.perf_counter() - clock
+        backbone = load_model(source, config)
+        if self.finetunes and config.finetune_steps > 0:
+            clock = time.perf_counter()
+            backbone = load_model(finetune(backbone, train, config, out / "finetune", seed=seed, resume=resume,
+                                           progress=progress), config)
+            times["finetune_s"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        pixels, labels, seeds = generate(backbone, train, ipc, config, seed=seed, progress=progress)
+        times["sample_s"] = time.perf_counter() - clock
+        synset = to_synset(self, train, pixels, labels, seeds, ipc, seed, out if run is not None else None)
+        synset.meta.update(stage_times=times, backbone=str(source))
+        return synset
+
+
+register_method("minimax", config=MinimaxConfig, paper=PAPER, year=2024, kind="generative", default_eval="dsa",
+                description="Minimax diffusion: DiT fine-tuned for representativeness and diversity, then sampled"
+                )(MinimaxDistiller)
+
+
+@register_method("dit", config=MinimaxConfig, paper="Peebles & Xie, Scalable Diffusion Models with Transformers, "
+                 "ICCV 2023 (the no-fine-tuning ablation of " + PAPER + ")", year=2023, kind="generative",
+                 default_eval="dsa")
+class DiTDistiller(MinimaxDistiller):
+    """DiT sampling without fine-tuning (Minimax's strongest ablation)."""
+
+    finetunes = False

@@ -1,0 +1,302 @@
+"""One accelerate training loop for both stages: pretraining a DiT from scratch and Minimax fine-tuning.
+
+Every random draw of step ``s`` (batch indices, timesteps, noise, label dropout, flips, VAE sampling) comes from
+a generator seeded with ``(seed, stage, s)`` for the *global* batch; each process takes its slice. A run therefore
+depends on the global batch only, not on the number of processes, and resumes exactly from a checkpoint that
+stores the weights, optimiser, EMA and memories (``accelerator.save_state``). The Minimax memories see the
+global batch (gathered across processes); the local predictions keep their gradient inside the gathered batch,
+and the memory losses are scaled by the world size to undo DDP's gradient averaging.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..data import RealDataset
+from ..errors import CheckpointError, ConfigError, NonFiniteLossError
+from ..seeding import derive_seed, make_generator
+from .backbone import Backbone, save_backbone, trainable_parameter_names
+from .memory import MinimaxMemories
+
+__all__ = ["EMA", "TrainSpec", "latest_checkpoint", "train_backbone"]
+
+
+@dataclasses.dataclass
+class TrainSpec:
+    """Settings of one training stage (filled from the method config)."""
+
+    stage: str  # "pretrain" or "finetune"
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.0
+    ema_decay: float = 0.9999
+    trainable: str = "difffit"
+    lambda_pos: float = 0.0
+    lambda_neg: float = 0.0
+    memory_size: int = 64
+    temperature: float = 0.0
+    label_dropout: float = 0.1
+    flip: bool = True
+    max_grad_norm: float = 0.0
+    mixed_precision: str = "no"
+    device: str = "cpu"
+    checkpoint_every: int = 500
+    checkpoints_total_limit: int = 2
+    log_every: int = 50
+    tracker: str = ""
+
+    @property
+    def minimax(self) -> bool:
+        return self.lambda_pos > 0 or self.lambda_neg > 0
+
+
+class EMA:
+    """Exponential moving average of named parameters (``shadow = decay * shadow + (1 - decay) * param``)."""
+
+    def __init__(self, named: dict[str, torch.nn.Parameter], decay: float) -> None:
+        self.decay = decay
+        self.params = named
+        self.shadow = {k: p.detach().clone() for k, p in named.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        keys = list(self.params)
+        torch._foreach_lerp_([self.shadow[k] for k in keys], [self.params[k].detach() for k in keys],
+                             1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for k, p in self.params.items():
+            p.copy_(self.shadow[k])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state["shadow"]) != set(self.shadow):
+            raise CheckpointError("the checkpoint's EMA covers other parameters (different trainable setting)")
+        for k, v in state["shadow"].items():
+            self.shadow[k].copy_(v)
+
+
+class _LoopState:
+    """Step counter, elapsed time, EMA and memories, checkpointed with the accelerate state."""
+
+    def __init__(self, ema: EMA, memories: MinimaxMemories | None) -> None:
+        self.step = 0
+        self.elapsed = 0.0
+        self.ema = ema
+        self.memories = memories
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "elapsed": self.elapsed, "ema": self.ema.state_dict(),
+                "memories": self.memories.state_dict() if self.memories is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.elapsed = float(state["elapsed"])
+        self.ema.load_state_dict(state["ema"])
+        if self.memories is not None:
+            if state["memories"] is None:
+                raise CheckpointError("the checkpoint has no Minimax memories (it is from another stage)")
+            self.memories.load_state_dict(state["memories"])
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest ``step_*`` checkpoint folder under ``folder/checkpoints``."""
+    root = folder / "checkpoints"
+    found = sorted(root.glob("step_*")) if root.is_dir() else []
+    return found[-1] if found else None
+
+
+def _batch_indices(n: int, batch: int, step: int, seed: int, stage: str, cache: dict[int, torch.Tensor]
+                   ) -> torch.Tensor:
+    """Indices of the global batch of ``step``: consecutive slices of a per-epoch permutation (drop last)."""
+    per_epoch = max(1, n // batch)
+    epoch, k = divmod(step, per_epoch)
+    if epoch not in cache:
+        cache.clear()
+        cache[epoch] = torch.randperm(n, generator=make_generator(derive_seed(seed, stage, "epoch", epoch)))
+    perm = cache[epoch]
+    if batch > n:
+        return perm[torch.arange(batch) % n]
+    return perm[k * batch:(k + 1) * batch]
+
+
+def _prepare_pixels(train: RealDataset, backbone: Backbone) -> None:
+    if train.image_shape[0] != backbone.image_channels:
+        raise ConfigError(f"the model generates {backbone.image_channels}-channel images but {train.name} has "
+                          f"{train.image_shape[0]}; use a model made for this dataset")
+
+
+def _gather_keep_grad(accelerator: Any, local: torch.Tensor) -> torch.Tensor:
+    """All processes' rows in rank order, with this process's rows still attached to the graph."""
+    if accelerator.num_processes == 1:
+        return local
+    everything = accelerator.gather(local.detach().contiguous())
+    n = local.shape[0]
+    r = accelerator.process_index
+    return torch.cat([everything[: r * n], local, everything[(r + 1) * n:]])
+
+
+def train_backbone(backbone: Backbone, train: RealDataset, class_ids: torch.Tensor, spec: TrainSpec, out: Path, *,
+                   seed: int = 0, resume: bool = False, progress: bool = True) -> Path:
+    """Train ``backbone.net`` on ``train`` and write the EMA model to ``out/model`` (DiT pipeline layout).
+
+    Args:
+        backbone: the model (its VAE, if any, stays frozen).
+        train: real training split (uint8 pixels; labels ``0..C-1``).
+        class_ids: model class index of each dataset class ``[C]``.
+        spec: stage settings.
+        out: stage folder (``checkpoints/``, ``metrics.jsonl``, ``model/``).
+        resume: continue from the newest checkpoint in ``out/checkpoints``.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+    from tqdm.auto import tqdm
+
+    _prepare_pixels(train, backbone)
+    if spec.device != "cpu" and not torch.cuda.is_available():
+        raise ConfigError(f"device {spec.device!r} requested but no GPU is visible; use --set device=cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(cpu=spec.device == "cpu", mixed_precision=spec.mixed_precision,
+                              log_with=spec.tracker or None,
+                              project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if spec.batch_size % world:
+        raise ConfigError(f"batch_size {spec.batch_size} is not divisible by the {world} processes")
+    local = spec.batch_size // world
+    device = accelerator.device
+    backbone.to(device)
+    net = backbone.net
+    names = set(trainable_parameter_names(net, spec.trainable))
+    named = dict(net.named_parameters())
+    for name, p in named.items():
+        p.requires_grad_(name in names)
+    trainable = {k: named[k] for k in named if k in names}
+    optimizer = torch.optim.AdamW(list(trainable.values()), lr=spec.lr, weight_decay=spec.weight_decay)
+    ema = EMA(trainable, spec.ema_decay)
+    dim = int(torch.tensor(backbone.latent_shape).prod())
+    memories = (MinimaxMemories(train.num_classes, spec.memory_size, dim, device) if spec.minimax else None)
+    state = _LoopState(ema, memories)
+    model, optimizer = accelerator.prepare(net, optimizer)
+    accelerator.register_for_checkpointing(state)
+    if resume:
+        ckpt = latest_checkpoint(out)
+        if ckpt is not None:
+            try:
+                accelerator.load_state(str(ckpt))
+            except CheckpointError:
+                raise
+            except Exception as exc:
+                raise CheckpointError(f"{ckpt} cannot be loaded ({type(exc).__name__}: {str(exc)[:120]}); delete "
+                                      "it to resume from an older checkpoint or start over without --resume") from exc
+    if spec.tracker and accelerator.is_main_process:
+        accelerator.init_trackers(f"gendistill-{spec.stage}", config=dataclasses.asdict(spec))
+
+    diffusion = backbone.diffusion
+    class_ids = class_ids.to(device)
+    null = backbone.null_label
+    shape = backbone.latent_shape
+    perm_cache: dict[int, torch.Tensor] = {}
+    mine = slice(rank * local, (rank + 1) * local)
+    bar = tqdm(total=spec.steps, initial=state.step, desc=spec.stage, unit="it",
+               disable=not (progress and accelerator.is_main_process), leave=False)
+    t0 = time.perf_counter() - state.elapsed
+    model.train()
+    metrics_path = out / "metrics.jsonl"
+    while state.step < spec.steps:
+        step = state.step
+        g = make_generator(derive_seed(seed, spec.stage, step))
+        idx = _batch_indices(len(train), spec.batch_size, step, seed, spec.stage, perm_cache)
+        labels = train.labels[idx]
+        t = torch.randint(diffusion.num_timesteps, (spec.batch_size,), generator=g)
+        noise = torch.randn((spec.batch_size, *shape), generator=g)
+        drop = torch.rand(spec.batch_size, generator=g) < spec.label_dropout
+        flip = (torch.rand(spec.batch_size, generator=g) < 0.5) & spec.flip & train.flip_ok
+        vae_noise = torch.randn((spec.batch_size, *shape), generator=g) if backbone.space == "latent" else None
+
+        pixels = train.pixels[idx[mine]].to(device).float() / 255.0
+        pixels = torch.where(flip[mine].to(device).view(-1, 1, 1, 1), pixels.flip(-1), pixels)
+        if pixels.shape[-1] != backbone.image_size:
+            pixels = F.interpolate(pixels, size=(backbone.image_size,) * 2, mode="bilinear", antialias=True,
+                                   align_corners=False)
+        x0 = backbone.encode(pixels, None if vae_noise is None else vae_noise[mine].to(device))
+        y = torch.where(drop[mine].to(device), torch.full_like(labels[mine].to(device), null),
+                        class_ids[labels[mine].to(device)])
+        with accelerator.autocast():
+            out_terms = diffusion.training_losses(lambda x, tt, y=y: model(x, tt, y), x0, t[mine].to(device),
+                                                  noise[mine].to(device))
+        loss = out_terms["loss"].mean()
+        logs = {"loss_diffusion": loss.detach(), "mse": out_terms["mse"].mean().detach()}
+        if memories is not None:
+            pred = _gather_keep_grad(accelerator, out_terms["x0_hat"].flatten(1).float())
+            real = _gather_keep_grad(accelerator, x0.flatten(1).float())
+            rep, div, active = memories.losses_then_update(pred, real, labels.to(device), spec.temperature)
+            loss = loss + world * (spec.lambda_pos * rep + spec.lambda_neg * div)
+            logs.update(loss_repr=rep.detach(), loss_div=div.detach(), active_classes=active)
+        accelerator.backward(loss)
+        if spec.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(list(trainable.values()), spec.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update()
+        state.step = step + 1
+        bar.update(1)
+        last = state.step == spec.steps
+        if state.step % spec.log_every == 0 or last:
+            values = {k: float(v) for k, v in logs.items()}
+            if not all(v == v and abs(v) != float("inf") for v in values.values()):
+                raise NonFiniteLossError(f"{spec.stage} step {state.step}: non-finite loss {values}; lower the "
+                                         "learning rate (--set lr=...) or use mixed_precision=no")
+            bar.set_postfix(loss=f"{values['loss_diffusion']:.4f}")
+            if accelerator.is_main_process:
+                with open(metrics_path, "a") as fh:
+                    fh.write(json.dumps({"stage": spec.stage, "step": state.step, **values,
+                                         "time_s": time.perf_counter() - t0}) + "\n")
+            if spec.tracker:
+                accelerator.log(values, step=state.step)
+        if spec.checkpoint_every > 0 and (state.step % spec.checkpoint_every == 0 or last):
+            state.elapsed = time.perf_counter() - t0
+            _save_checkpoint(accelerator, out, state.step, spec.checkpoints_total_limit)
+    bar.close()
+    accelerator.wait_for_everyone()
+    target = out / "model"
+    if accelerator.is_main_process:
+        ema.copy_to_params()  # the saved model holds the EMA weights (the reference samples from the EMA)
+        backbone.info.update({"stage": spec.stage, "steps": spec.steps, "train_time_s": time.perf_counter() - t0,
+                              "seed": seed, "processes": world, "global_batch": spec.batch_size})
+        save_backbone(backbone, target)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return target
+
+
+def _save_checkpoint(accelerator: Any, out: Path, step: int, keep: int) -> None:
+    """``accelerator.save_state`` into a temp folder, renamed when complete; keep the newest ``keep``."""
+    root = out / "checkpoints"
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(root.glob("step_*"))[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
