@@ -423,3 +423,11 @@ def test_commands_end_to_end(tmp_path, monkeypatch):
     assert torch.equal(one.images, two.subset(1).images)
     assert main(["--quiet", "finetune", *common, "--out", str(tmp_path / "x")]) == 2  # no model: one-line error
     assert main(["--quiet", "sample", *common, "--out", str(tmp_path / "y"), "--model", str(tmp_path), *args]) == 2
+
+
+def test_bfloat16_mixed_precision_finetune_step_is_finite(tiny_train, tmp_path):
+    config = MinimaxConfig(**{**TINY, "mixed_precision": "bf16", "finetune_steps": 2})
+    train_backbone(tiny_backbone(), tiny_train, torch.arange(10), config.train_spec("finetune"), tmp_path,
+                   progress=False)
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert all(math.isfinite(v) for k, v in last.items() if k not in ("stage",))

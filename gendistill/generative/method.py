@@ -326,14 +326,17 @@ class MinimaxDistiller(Distiller):
     finetunes: ClassVar[bool] = True
 
     def distill(self, train: RealDataset, ipc: int, *, seed: int = 0, run: Any = None) -> SyntheticSet:
-        config: MinimaxConfig = self.config
-        out = Path(run.path) if run is not None else None
-        resume = bool(run is not None and run.resume)
-        progress = run is None or run.progress
-        if out is None:
+        if run is None:  # no run folder: stage outputs go to a temporary folder that is removed afterwards
             import tempfile
 
-            out = Path(tempfile.mkdtemp(prefix="gendistill-"))
+            with tempfile.TemporaryDirectory(prefix="gendistill-") as tmp:
+                return self._run_stages(train, ipc, seed, Path(tmp), resume=False, progress=True, keep=False)
+        return self._run_stages(train, ipc, seed, Path(run.path), resume=run.resume, progress=run.progress)
+
+    def _run_stages(self, train: RealDataset, ipc: int, seed: int, out: Path, *, resume: bool, progress: bool,
+                    keep: bool = True) -> SyntheticSet:
+        """(pretrain ->) (fine-tune ->) sample, each stage in ``out/<stage>`` and skipped when finished."""
+        config: MinimaxConfig = self.config
         times: dict[str, float] = {}
         clock = time.perf_counter()
         source = config.pretrained or pretrain(train, config, out / "pretrain", seed=seed, resume=resume,
@@ -348,8 +351,8 @@ class MinimaxDistiller(Distiller):
         clock = time.perf_counter()
         pixels, labels, seeds = generate(backbone, train, ipc, config, seed=seed, progress=progress)
         times["sample_s"] = time.perf_counter() - clock
-        synset = to_synset(self, train, pixels, labels, seeds, ipc, seed, out if run is not None else None)
-        synset.meta.update(stage_times=times, backbone=str(source))
+        synset = to_synset(self, train, pixels, labels, seeds, ipc, seed, out if keep else None)
+        synset.meta.update(stage_times=times, backbone=str(source) if keep or config.pretrained else "temporary")
         return synset
 
 

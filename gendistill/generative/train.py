@@ -168,6 +168,11 @@ def train_backbone(backbone: Backbone, train: RealDataset, class_ids: torch.Tens
     if spec.device != "cpu" and not torch.cuda.is_available():
         raise ConfigError(f"device {spec.device!r} requested but no GPU is visible; use --set device=cpu")
     out.mkdir(parents=True, exist_ok=True)
+    from accelerate.state import AcceleratorState
+
+    # One process may run several stages (pretrain, then fine-tune) with different precision settings; the
+    # process group (PartialState) is kept, only the per-run accelerator state is rebuilt.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(cpu=spec.device == "cpu", mixed_precision=spec.mixed_precision,
                               log_with=spec.tracker or None,
                               project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
