@@ -422,6 +422,7 @@ def test_commands_end_to_end(tmp_path, monkeypatch):
     assert one.ipc == 1 and two.ipc == 2 and one.meta["method"] == "minimax"
     assert torch.equal(one.images, two.subset(1).images)
     assert main(["--quiet", "finetune", *common, "--out", str(tmp_path / "x")]) == 2  # no model: one-line error
+    assert main(["--quiet", "finetune", *common, "--out", str(tmp_path / "ft"), "--model", pt, *args]) == 2  # no reuse
     assert main(["--quiet", "sample", *common, "--out", str(tmp_path / "y"), "--model", str(tmp_path), *args]) == 2
 
 
@@ -431,3 +432,21 @@ def test_bfloat16_mixed_precision_finetune_step_is_finite(tiny_train, tmp_path):
                    progress=False)
     last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert all(math.isfinite(v) for k, v in last.items() if k not in ("stage",))
+
+
+def test_latent_space_finetune_and_sample(tmp_path):
+    from conftest import class_pattern_images
+
+    from gendistill.data import RealDataset
+    from gendistill.preprocessing import Preprocessing
+
+    x, y = class_pattern_images(4, 10, 3, 16)
+    rgb = RealDataset(torch.from_numpy(x), torch.from_numpy(y), [f"c{i}" for i in range(10)],
+                      Preprocessing((0.5,) * 3, (0.25,) * 3), "rgb", "train")
+    config = MinimaxConfig(**TINY)
+    path = train_backbone(tiny_backbone("latent"), rgb, torch.arange(10), config.train_spec("finetune"),
+                          tmp_path / "ft", progress=False)
+    loaded = load_backbone(path)
+    assert loaded.space == "latent" and loaded.vae_encoder is not loaded.vae_decoder
+    pixels, labels, _ = generate(loaded, rgb, 1, config, progress=False)
+    assert pixels.shape == (10, 3, 16, 16) and torch.isfinite(pixels).all()

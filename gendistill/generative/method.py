@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import RealDataset
-from ..errors import ConfigError
+from ..errors import ConfigError, GendistillError
 from ..methods import BaseConfig, Distiller, register_method
 from ..preprocessing import Preprocessing
 from ..synset import SyntheticSet
@@ -66,7 +66,8 @@ class MinimaxConfig(BaseConfig):
         temperature: 0 = hard min/max (reference); > 0 = smooth logsumexp version.
         label_dropout: probability of the null label in training (keeps guidance working).
         flip: random horizontal flips (skipped for digit datasets).
-        max_grad_norm: gradient clipping (0 = off, as the reference).
+        max_grad_norm: fine-tuning gradient clipping (0 = off, as the reference).
+        pretrain_max_grad_norm: pretraining gradient clipping (0 = off).
         mixed_precision: ``no``, ``bf16`` or ``fp16`` (accelerate).
         checkpoint_every / log_every: training checkpoint and log intervals (steps).
         tracker: ``tensorboard`` or ``wandb`` (empty = none).
@@ -94,6 +95,7 @@ class MinimaxConfig(BaseConfig):
     pretrain_batch_size: int = 256
     pretrain_lr: float = 1e-4
     pretrain_ema_decay: float = 0.9999
+    pretrain_max_grad_norm: float = 0.0
     finetune_steps: int = 12000
     batch_size: int = 8
     lr: float = 1e-3
@@ -140,15 +142,16 @@ class MinimaxConfig(BaseConfig):
 
     def train_spec(self, stage: str) -> TrainSpec:
         """The :class:`TrainSpec` of ``pretrain`` or ``finetune``."""
-        common = {"label_dropout": self.label_dropout, "flip": self.flip, "max_grad_norm": self.max_grad_norm,
-                  "mixed_precision": self.mixed_precision, "device": self.device,
+        common = {"label_dropout": self.label_dropout, "flip": self.flip, "mixed_precision": self.mixed_precision,
+                  "device": self.device,
                   "checkpoint_every": self.checkpoint_every, "log_every": self.log_every, "tracker": self.tracker}
         if stage == "pretrain":
             return TrainSpec("pretrain", self.pretrain_steps, self.pretrain_batch_size, self.pretrain_lr,
-                             ema_decay=self.pretrain_ema_decay, trainable="full", **common)
+                             ema_decay=self.pretrain_ema_decay, trainable="full",
+                             max_grad_norm=self.pretrain_max_grad_norm, **common)
         return TrainSpec("finetune", self.finetune_steps, self.batch_size, self.lr, self.weight_decay,
                          self.ema_decay, self.trainable, self.lambda_pos, self.lambda_neg, self.memory_size,
-                         self.temperature, **common)
+                         self.temperature, max_grad_norm=self.max_grad_norm, **common)
 
 
 # -------------------------------------------------------------------------------------------- class ids
@@ -236,11 +239,20 @@ def load_model(source: str | Path, config: MinimaxConfig) -> Backbone:
                          scaled_blocks=None if config.scaled_blocks < 0 else config.scaled_blocks)
 
 
+def _stage_finished(out: Path, resume: bool) -> bool:
+    """Whether ``out`` holds the finished model of a stage (reused only on resume, never silently)."""
+    if not (out / "model" / "transformer").is_dir():
+        return False
+    if resume:
+        return True
+    raise GendistillError(f"{out} already holds a trained model; pass --resume to reuse it or choose another --out")
+
+
 def pretrain(train: RealDataset, config: MinimaxConfig, out: str | Path, *, seed: int = 0, resume: bool = False,
              progress: bool = True) -> Path:
     """Train a class-conditional DiT from scratch on ``train``; returns ``out/model`` (skips a finished stage)."""
     out = Path(out)
-    if (out / "model" / "transformer").is_dir():
+    if _stage_finished(out, resume):
         return out / "model"
     backbone = new_backbone(train, config, seed)
     return train_backbone(backbone, train, torch.arange(train.num_classes), config.train_spec("pretrain"), out,
@@ -251,7 +263,7 @@ def finetune(backbone: Backbone, train: RealDataset, config: MinimaxConfig, out:
              resume: bool = False, progress: bool = True) -> Path:
     """Minimax fine-tuning of ``backbone`` on ``train``; returns ``out/model`` (skips a finished stage)."""
     out = Path(out)
-    if (out / "model" / "transformer").is_dir():
+    if _stage_finished(out, resume):
         return out / "model"
     class_ids = resolve_class_ids(backbone, train, config.class_ids)
     backbone.info.update({"dataset": train.name, "class_names": list(train.class_names),
