@@ -326,12 +326,35 @@ def save_backbone(backbone: Backbone, directory: str | Path, schedule: tuple[str
 
 def _from_pretrained(cls: Any, source: str, subfolder: str) -> Any:
     try:
-        return cls.from_pretrained(source, subfolder=subfolder)
+        return cls.from_pretrained(source, subfolder=subfolder or None)
     except OSError as exc:
         where = "folder" if Path(source).exists() else "hub id"
         raise CheckpointError(f"cannot load {subfolder}/ from {where} {source!r} ({str(exc).splitlines()[0][:160]}); "
                               "pass a local folder in the DiT pipeline layout (transformer/, vae/, scheduler/) or "
                               "download it first with `huggingface-cli download <id> --local-dir DIR`") from exc
+
+
+def load_vaes(decoder: str, decoder_subfolder: str = "", encoder: str | None = None,
+              encoder_subfolder: str = "") -> tuple[nn.Module, nn.Module, int, float]:
+    """Frozen ``(encoder, decoder)`` AutoencoderKLs (the same module when no encoder is given), the decoder's
+    downsampling factor and its latent scaling factor."""
+    from diffusers import AutoencoderKL
+
+    dec = _from_pretrained(AutoencoderKL, decoder, decoder_subfolder)
+    enc = _from_pretrained(AutoencoderKL, encoder, encoder_subfolder) if encoder else dec
+    for vae in {id(enc): enc, id(dec): dec}.values():
+        vae.requires_grad_(False).eval()
+    factor = 2 ** (len(dec.config.block_out_channels) - 1)
+    return enc, dec, factor, float(getattr(dec.config, "scaling_factor", LATENT_SCALE))
+
+
+def resize_pixels(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """Square bilinear (antialiased) resize of [0, 1] pixels; a no-op at the same size."""
+    if pixels.shape[-1] == size and pixels.shape[-2] == size:
+        return pixels
+    out = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True,
+                                          align_corners=False)
+    return out.clamp(0, 1)
 
 
 def _has(source: str, sub: str) -> bool:
@@ -351,7 +374,7 @@ def load_backbone(source: str | Path, *, vae_encoder: str | None = None, vae_dec
         tie_embeddings: share one conditioning embedder across blocks (see :func:`tie_conditioning`).
         scaled_blocks: blocks that get DiffFit scales (default: the first half).
     """
-    from diffusers import AutoencoderKL, DiTTransformer2DModel
+    from diffusers import DiTTransformer2DModel
 
     source = str(source)
     path = Path(source)
@@ -389,19 +412,12 @@ def load_backbone(source: str | Path, *, vae_encoder: str | None = None, vae_dec
     space = meta.get("space") or ("latent" if (vae_decoder or _has(source, "vae")) else "pixel")
     enc = dec = None
     if space == "latent":
-        dec = _from_pretrained(AutoencoderKL, vae_decoder or source, "" if vae_decoder else "vae")
-        if vae_encoder:
-            enc = _from_pretrained(AutoencoderKL, vae_encoder, "")
-        elif path.exists() and (path / "vae_encoder").is_dir():
-            enc = _from_pretrained(AutoencoderKL, source, "vae_encoder")
-        else:
-            enc = dec
-        for vae in {id(enc): enc, id(dec): dec}.values():
-            vae.requires_grad_(False).eval()
-        factor = 2 ** (len(dec.config.block_out_channels) - 1)
+        own_encoder = not vae_encoder and path.exists() and (path / "vae_encoder").is_dir()
+        enc, dec, factor, latent_scale = load_vaes(vae_decoder or source, "" if vae_decoder else "vae",
+                                                   source if own_encoder else vae_encoder,
+                                                   "vae_encoder" if own_encoder else "")
         image_size = transformer.config.sample_size * factor
         image_channels = dec.config.out_channels
-        latent_scale = float(getattr(dec.config, "scaling_factor", LATENT_SCALE))
     else:
         image_size = transformer.config.sample_size
         image_channels = transformer.config.in_channels

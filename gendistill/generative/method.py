@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from ..data import RealDataset
 from ..errors import ConfigError, GendistillError
 from ..methods import BaseConfig, Distiller, register_method
 from ..preprocessing import Preprocessing
 from ..synset import SyntheticSet
-from .backbone import Backbone, build_dit, load_backbone
+from .backbone import Backbone, DiffFitDiT, build_dit, load_backbone, load_vaes, resize_pixels
 from .diffusion import GaussianDiffusion
 from .sample import image_seeds, sample_images
 from .train import TrainSpec, train_backbone
@@ -208,23 +207,12 @@ def new_backbone(train: RealDataset, config: MinimaxConfig, seed: int) -> Backbo
         if not config.vae_decoder:
             raise ConfigError("latent-space pretraining needs a VAE: --set vae_decoder=stabilityai/sd-vae-ft-mse "
                               "(a local folder or hub id), or --set space=pixel")
-        from diffusers import AutoencoderKL
-
-        from .backbone import _from_pretrained
-
-        dec = _from_pretrained(AutoencoderKL, config.vae_decoder, "")
-        enc = _from_pretrained(AutoencoderKL, config.vae_encoder, "") if config.vae_encoder else dec
-        for vae in (enc, dec):
-            vae.requires_grad_(False).eval()
-        factor = 2 ** (len(dec.config.block_out_channels) - 1)
+        enc, dec, factor, scale = load_vaes(config.vae_decoder, encoder=config.vae_encoder or None)
         if h % factor:
             raise ConfigError(f"{h}px images do not divide by the VAE's downsampling factor {factor}")
         net_channels, net_size = dec.config.latent_channels, h // factor
-        scale = float(getattr(dec.config, "scaling_factor", 0.18215))
     else:
         net_channels, net_size, scale = c, h, 1.0
-    from .backbone import DiffFitDiT
-
     transformer = build_dit(config.arch, net_channels, net_size, train.num_classes, learn_sigma=True, seed=seed)
     net = DiffFitDiT(transformer, None if config.scaled_blocks < 0 else config.scaled_blocks)
     return Backbone(net, GaussianDiffusion.linear(prediction=config.prediction), space, c, h, enc, dec, scale,
@@ -281,7 +269,7 @@ def _select(pixels: torch.Tensor, labels: torch.Tensor, train: RealDataset, ipc:
     from ..coreset import CoresetConfig, feature_network, kcenter_greedy
 
     net = feature_network(train, CoresetConfig(feature_epochs=config.select_epochs, device=config.device), seed)
-    x = train.preprocessing.apply(_resize(pixels, train.image_shape[-1])).to(config.device)
+    x = train.preprocessing.apply(resize_pixels(pixels, train.image_shape[-1])).to(config.device)
     with torch.inference_mode():
         feats = torch.cat([net.embed(b).float().cpu() for b in x.split(500)])
         logits = torch.cat([net(b).float().cpu() for b in x.split(500)])
@@ -294,12 +282,6 @@ def _select(pixels: torch.Tensor, labels: torch.Tensor, train: RealDataset, ipc:
             local = logits[rows].softmax(1)[:, c].topk(ipc).indices
         chosen.append(rows[local.sort().values])
     return torch.cat(chosen)
-
-
-def _resize(pixels: torch.Tensor, size: int) -> torch.Tensor:
-    if pixels.shape[-1] == size:
-        return pixels
-    return F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
 def generate(backbone: Backbone, train: RealDataset, ipc: int, config: MinimaxConfig, *, seed: int = 0,
@@ -327,7 +309,7 @@ def to_synset(distiller: Distiller, train: RealDataset, pixels: torch.Tensor, la
                             Preprocessing((0.0,) * pixels.shape[1], (1.0,) * pixels.shape[1]),
                             meta={"method": distiller.name, "dataset": train.name, "ipc": ipc, "seed": seed})
         full.to_imagefolder(out / "images")
-    images = train.preprocessing.apply(_resize(pixels, train.image_shape[-1]))
+    images = train.preprocessing.apply(resize_pixels(pixels, train.image_shape[-1]))
     return distiller.make_synset(train, images, labels, ipc, seed,
                                  meta={"image_seeds": seeds.tolist(), "generated_resolution": pixels.shape[-1]})
 

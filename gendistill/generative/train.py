@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..data import RealDataset
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..seeding import derive_seed, make_generator
-from .backbone import Backbone, save_backbone, trainable_parameter_names
+from .backbone import Backbone, resize_pixels, save_backbone, trainable_parameter_names
 from .memory import MinimaxMemories
 
 __all__ = ["EMA", "TrainSpec", "latest_checkpoint", "train_backbone"]
@@ -232,12 +231,9 @@ def train_backbone(backbone: Backbone, train: RealDataset, class_ids: torch.Tens
 
         pixels = train.pixels[idx[mine]].to(device).float() / 255.0
         pixels = torch.where(flip[mine].to(device).view(-1, 1, 1, 1), pixels.flip(-1), pixels)
-        if pixels.shape[-1] != backbone.image_size:
-            pixels = F.interpolate(pixels, size=(backbone.image_size,) * 2, mode="bilinear", antialias=True,
-                                   align_corners=False)
+        pixels = resize_pixels(pixels, backbone.image_size)
         x0 = backbone.encode(pixels, None if vae_noise is None else vae_noise[mine].to(device))
-        y = torch.where(drop[mine].to(device), torch.full_like(labels[mine].to(device), null),
-                        class_ids[labels[mine].to(device)])
+        y = torch.where(drop[mine].to(device), null, class_ids[labels[mine].to(device)])
         with accelerator.autocast():
             out_terms = diffusion.training_losses(lambda x, tt, y=y: model(x, tt, y), x0, t[mine].to(device),
                                                   noise[mine].to(device))
