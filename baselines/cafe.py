@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from gendistill.blocking import block_rows, forward_in_blocks, row_blocks
 from gendistill.data import RealDataset
 from gendistill.errors import ConfigError
 from gendistill.evaluation import EvalProtocol, train_network
@@ -30,7 +31,7 @@ from gendistill.methods import register_method
 
 from .base import PixelConfig, PixelDistiller
 
-__all__ = ["CAFEConfig", "CAFE", "cafe_losses"]
+__all__ = ["CAFEConfig", "CAFE", "cafe_losses", "real_class_means"]
 
 
 @dataclasses.dataclass
@@ -77,21 +78,40 @@ class CAFEDSAConfig(CAFEConfig):
     dsa: bool = True
 
 
+def real_class_means(net: torch.nn.Module, real: torch.Tensor, real_labels: torch.Tensor, num_classes: int
+                     ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per-class means of the real block outputs and embedding (frozen, no graph), plus every real embedding.
+
+    Accumulated over cache-sized row blocks (:mod:`gendistill.blocking`), so the full-resolution real feature
+    maps of the whole batch are never held at once.
+    """
+    sums: list[torch.Tensor] = []
+    embeddings = []
+    with torch.no_grad():
+        for s in row_blocks(real.shape[0], block_rows(net, real)):
+            blocks, emb = net.block_outputs(real[s])
+            if not sums:
+                if len(blocks) != 3:
+                    raise ConfigError("CAFE's layer weights are defined for a depth-3 ConvNet; use model=convnet")
+                sums = [f.new_zeros(num_classes, *f.shape[1:]) for f in (*blocks, emb)]
+            for acc, f in zip(sums, (*blocks, emb), strict=True):
+                acc.index_add_(0, real_labels[s], f)
+            embeddings.append(emb)
+    counts = torch.bincount(real_labels, minlength=num_classes).clamp_min(1)
+    return [acc / counts.view(-1, *[1] * (acc.dim() - 1)) for acc in sums], torch.cat(embeddings)
+
+
 def cafe_losses(net: torch.nn.Module, real: torch.Tensor, real_labels: torch.Tensor, syn: torch.Tensor,
                 num_classes: int, layer_weights: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(alignment, discrimination)`` losses for class-major real and synthetic batches."""
+    """``(alignment, discrimination)`` losses for a real batch and a class-major synthetic batch."""
     c = num_classes
-    with torch.no_grad():
-        real_blocks, real_emb = net.block_outputs(real)
+    real_means, real_emb = real_class_means(net, real, real_labels, c)
     syn_blocks, syn_emb = net.block_outputs(syn)
-    if len(real_blocks) != 3:
-        raise ConfigError("CAFE's layer weights are defined for a depth-3 ConvNet; use model=convnet")
     # f1, f2, f3 = block outputs; f4 = final pooled map and f5 = embedding hold the same values (both weighted)
-    real_feats = [*real_blocks, real_emb, real_emb]
+    real_feats = [*real_means, real_means[-1]]
     syn_feats = [*syn_blocks, syn_emb, syn_emb]
     align = torch.zeros((), device=syn.device)
-    for w, fr, fs in zip(layer_weights, real_feats, syn_feats, strict=True):
-        mr = fr.reshape(c, -1, *fr.shape[1:]).mean(1)
+    for w, mr, fs in zip(layer_weights, real_feats, syn_feats, strict=True):
         ms = fs.reshape(c, -1, *fs.shape[1:]).mean(1)
         align = align + w * ((mr - ms) ** 2).sum()
     centroids = syn_emb.reshape(c, -1, syn_emb.shape[-1]).mean(1)
@@ -130,8 +150,10 @@ class CAFE(PixelDistiller):
 
     def _real_accuracy(self, net, train: RealDataset, generator: torch.Generator) -> float:
         x, y = train.sample_all_classes(self.config.acc_batch, generator)
+        x = x.to(self.device)
         with torch.inference_mode():
-            return float((net(x.to(self.device)).argmax(1) == y.to(self.device)).float().mean())
+            logits = forward_in_blocks(net, x, block_rows(net, x))
+            return float((logits.argmax(1) == y.to(self.device)).float().mean())
 
     def step(self, it: int, state: dict[str, Any], train: RealDataset, generator: torch.Generator, seed: int
              ) -> dict[str, torch.Tensor]:

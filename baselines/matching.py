@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from gendistill.blocking import block_rows, blocked_mean_grads
+
 __all__ = ["gradient_distance", "per_class_gradients"]
 
 
@@ -68,9 +70,15 @@ def per_class_gradients(net: nn.Module, params: dict[str, torch.Tensor], x: torc
 
         return vmap(grad(class_loss), in_dims=(None, 0, 0))(params, x, y)
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-    create_graph = x.requires_grad
+    inputs = list(leaves.values())
+
+    def forward(xb: torch.Tensor) -> torch.Tensor:
+        return functional_call(net, leaves, (xb,))
+
     per_class = []
     for c in range(x.shape[0]):
-        loss = loss_fn(functional_call(net, leaves, (x[c],)), y[c])
-        per_class.append(torch.autograd.grad(loss, list(leaves.values()), create_graph=create_graph))
+        if x.requires_grad:  # synthetic side: keep the graph for matching
+            per_class.append(torch.autograd.grad(loss_fn(forward(x[c]), y[c]), inputs, create_graph=True))
+        else:  # real side: constant images, cache-blocked on CPU
+            per_class.append(blocked_mean_grads(loss_fn, forward, x[c], inputs, y[c], rows=block_rows(net, x[c])))
     return {k: torch.stack([g[i] for g in per_class]) for i, k in enumerate(leaves)}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import resource
 import time
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import DSA, DCAugment, cutmix
+from .blocking import block_rows, blocked_mean_backward
 from .config import config_to_dict, from_dict, read_yaml
 from .data import RealDataset
 from .errors import GendistillError, NonFiniteLossError
@@ -244,10 +246,10 @@ class _Trainer:
             perm = torch.randperm(n, generator=gen)
             for start in range(0, n, self.p.batch_size):
                 xb, yb, yb2, lam = self._batch(perm, start, gen)
-                loss = self._batch_loss(net(xb), yb, yb2, lam)
-                bad |= ~torch.isfinite(loss)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = blocked_mean_backward(functools.partial(self._batch_loss, lam=lam), net, xb, yb, yb2,
+                                             rows=block_rows(net, xb))
+                bad |= ~torch.isfinite(loss)
                 opt.step()
             progress.update(1)
         return bad

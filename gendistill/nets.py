@@ -58,6 +58,48 @@ def _act(kind: str) -> nn.Module:
     return acts[kind]()
 
 
+class _SumPool2x2(torch.autograd.Function):
+    """2x2 / stride-2 average pooling of even-sized maps from four strided views.
+
+    On a CPU, ``F.avg_pool2d`` on a contiguous (NCHW) map measured ~4x slower than these four strided adds
+    (16 x 128 x 32 x 32: 2.0 ms vs 0.5 ms on the 2-core development machine). The backward spreads each
+    gradient over its 2x2 window with one broadcast copy; being linear in the gradient, it is itself
+    differentiable (double backward, as gradient matching needs).
+    """
+
+    generate_vmap_rule = True  # usable under torch.func transforms (vmap over models or classes)
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = x[..., ::2, ::2] + x[..., 1::2, ::2]
+        out += x[..., ::2, 1::2]
+        out += x[..., 1::2, 1::2]
+        return out.mul_(0.25)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # nothing to save: the backward is linear
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        *lead, h, w = grad.shape
+        spread = (grad * 0.25)[..., :, None, :, None].expand(*lead, h, 2, w, 2)
+        return spread.reshape(*lead, 2 * h, 2 * w)
+
+
+class AvgPool2x2(nn.AvgPool2d):
+    """``nn.AvgPool2d(2, 2)`` (same results), with a faster path for contiguous even-sized CPU maps."""
+
+    def __init__(self) -> None:
+        super().__init__(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous() and x.shape[-1] % 2 == 0 \
+                and x.shape[-2] % 2 == 0:
+            return _SumPool2x2.apply(x)
+        return super().forward(x)
+
+
 def _check_size(name: str, image_size: int, minimum: int, hint: str) -> None:
     if image_size < minimum:
         raise NetworkInputError(
@@ -91,9 +133,12 @@ class ConvNet(nn.Module):
         self.taps: list[int] = []  # index (into features) of each block's activation output
         for d in range(depth):
             pad = 3 if (d == 0 and image_size == 28) else 1
-            layers += [nn.Conv2d(in_ch, width, 3, padding=pad), _norm(norm, width, spatial), _act(act)]
+            activation = _act(act)
+            if isinstance(activation, nn.ReLU):
+                activation.inplace = True  # its input (a norm or conv output) is needed by no backward
+            layers += [nn.Conv2d(in_ch, width, 3, padding=pad), _norm(norm, width, spatial), activation]
             self.taps.append(len(layers) - 1)
-            layers.append(nn.AvgPool2d(2, 2) if pool == "avg" else nn.MaxPool2d(2, 2))
+            layers.append(AvgPool2x2() if pool == "avg" else nn.MaxPool2d(2, 2))
             spatial //= 2
             in_ch = width
         self.features = nn.Sequential(*layers)
