@@ -32,6 +32,9 @@ class PixelConfig:
         model: distillation network (network-registry name).
         dsa: use siamese DSA augmentation in the matching.
         dsa_strategy: DSA families (flip is dropped for digit datasets).
+        amp_real: run the real side (frozen real features, real gradients) under bfloat16 autocast. Off by
+            default (faithful fp32). On CPUs with avx512_bf16 (the development machine) it about doubles the
+            convolution throughput; the synthetic side and the image updates stay in fp32.
         device: where to run.
     """
 
@@ -43,6 +46,7 @@ class PixelConfig:
     model: str = "convnet"
     dsa: bool = True
     dsa_strategy: str = FULL_DSA
+    amp_real: bool = False
     device: str = "cpu"
 
 
@@ -98,6 +102,10 @@ class PixelDistiller(IterativeDistiller):
         c, h, _ = train.image_shape
         net = create_network(self.config.model, c, train.num_classes, h, seed=derive_seed(seed, "net", it), **kwargs)
         return net.to(self.device)
+
+    def real_side(self) -> torch.autocast:
+        """Autocast context of the real side: bfloat16 when ``amp_real`` is set, a no-op otherwise."""
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.config.amp_real)
 
     def set_lr(self, state: dict[str, Any], lr: float) -> None:
         for group in state["optimizer"].param_groups:

@@ -17,6 +17,7 @@ updates. The accuracy checks read values on the host: they decide the control fl
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 from typing import Any, Literal
 
@@ -93,19 +94,25 @@ def real_class_means(net: torch.nn.Module, real: torch.Tensor, real_labels: torc
             if not sums:
                 if len(blocks) != 3:
                     raise ConfigError("CAFE's layer weights are defined for a depth-3 ConvNet; use model=convnet")
-                sums = [f.new_zeros(num_classes, *f.shape[1:]) for f in (*blocks, emb)]
+                sums = [f.new_zeros(num_classes, *f.shape[1:], dtype=torch.float32) for f in (*blocks, emb)]
             for acc, f in zip(sums, (*blocks, emb), strict=True):
-                acc.index_add_(0, real_labels[s], f)
-            embeddings.append(emb)
+                acc.index_add_(0, real_labels[s], f.float())
+            embeddings.append(emb.float())
     counts = torch.bincount(real_labels, minlength=num_classes).clamp_min(1)
     return [acc / counts.view(-1, *[1] * (acc.dim() - 1)) for acc in sums], torch.cat(embeddings)
 
 
 def cafe_losses(net: torch.nn.Module, real: torch.Tensor, real_labels: torch.Tensor, syn: torch.Tensor,
-                num_classes: int, layer_weights: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(alignment, discrimination)`` losses for a real batch and a class-major synthetic batch."""
+                num_classes: int, layer_weights: tuple[float, ...],
+                real_side: contextlib.AbstractContextManager | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(alignment, discrimination)`` losses for a real batch and a class-major synthetic batch.
+
+    ``real_side`` is entered around the real features (e.g. a bfloat16 autocast).
+    """
+    real_side = real_side or contextlib.nullcontext()
     c = num_classes
-    real_means, real_emb = real_class_means(net, real, real_labels, c)
+    with real_side:
+        real_means, real_emb = real_class_means(net, real, real_labels, c)
     syn_blocks, syn_emb = net.block_outputs(syn)
     # f1, f2, f3 = block outputs; f4 = final pooled map and f5 = embedding hold the same values (both weighted)
     real_feats = [*real_means, real_means[-1]]
@@ -151,7 +158,7 @@ class CAFE(PixelDistiller):
     def _real_accuracy(self, net, train: RealDataset, generator: torch.Generator) -> float:
         x, y = train.sample_all_classes(self.config.acc_batch, generator)
         x = x.to(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.real_side():
             logits = forward_in_blocks(net, x, block_rows(net, x))
             return float((logits.argmax(1) == y.to(self.device)).float().mean())
 
@@ -182,7 +189,7 @@ class CAFE(PixelDistiller):
             draw = dsa.draw(c, train.image_shape[-1], generator)
             real = dsa.apply(real, draw, real_labels.cpu())
             syn = dsa.apply(images, draw, labels_syn.cpu())
-            align, discrim = cafe_losses(net, real, real_labels, syn, c, cfg.layer_weights)
+            align, discrim = cafe_losses(net, real, real_labels, syn, c, cfg.layer_weights, self.real_side())
             self.set_lr(state, self._image_lr(state["updates"]))
             self.update_images(state, align + cfg.inner_weight * discrim)
             align_sum += align.detach()

@@ -114,9 +114,10 @@ class GradientMatching(PixelDistiller):
             real = dsa.apply(real, draw, torch.arange(c).repeat_interleave(n_real))
             syn = dsa.apply(images, draw, torch.arange(c).repeat_interleave(ipc))
             labels_real = torch.arange(c, device=self.device).repeat_interleave(n_real).view(c, n_real)
-            g_real = per_class_gradients(net, params, real.view(c, n_real, *real.shape[1:]), labels_real,
-                                         mode=cfg.class_batching)
-            g_real = {k: v.detach() for k, v in g_real.items()}
+            with self.real_side():
+                g_real = per_class_gradients(net, params, real.view(c, n_real, *real.shape[1:]), labels_real,
+                                             mode=cfg.class_batching)
+            g_real = {k: v.detach().float() for k, v in g_real.items()}
             g_syn = per_class_gradients(net, params, syn.view(c, ipc, *syn.shape[1:]), labels_syn,
                                         mode=cfg.class_batching)
             loss = gradient_distance(g_syn, g_real, cfg.metric, batch_dims=1)

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         method, dataset, ipc, *rest = cell.split(":")
         preset = rest[0] if rest and rest[0] else None
         cell_overrides = rest[1].split(",") if len(rest) > 1 and rest[1] else []
-        run_dir = out / f"{method}_{dataset}_ipc{ipc}{'_' + preset if preset else ''}"
+        variant = "".join(f"_{o.replace('=', '-')}" for o in cell_overrides)
+        run_dir = out / f"{method}_{dataset}_ipc{ipc}{'_' + preset if preset else ''}{variant}"
         if (run_dir / "result.json").is_file():
             result = json.loads((run_dir / "result.json").read_text())
         else:
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                                   epochs=args.epochs, seed=args.seed).to_dict()
             result["distill_time_s"] = synset.meta.get("distill_time_s")
             (run_dir / "result.json").write_text(json.dumps(result, indent=2))
-        rows.append(result_row(result, method))
+        rows.append(result_row(result, f"{method} ({', '.join(cell_overrides)})" if cell_overrides else method))
         print(f"{cell}: {result['mean']:.2f} ± {result['std']:.2f} ({result['wall_time_s']:.0f} s eval, "
               f"{result['seconds_per_run']:.0f} s/run)", flush=True)
         atomic_text(out / "table.md", format_table(rows))

@@ -162,9 +162,10 @@ def test_dc_rejects_ipc_without_reference_loops(tiny_train):
         get_method("dc").cls(cfg).distill(tiny_train, 3)
 
 
-def test_dm_bfloat16_real_side_stays_close(tiny_train):
-    cfg = tiny_config("dm")
-    fp32 = get_method("dm").cls(cfg).distill(tiny_train, 2, seed=0)
-    amp = get_method("dm").cls(dataclasses.replace(cfg, amp_real=True)).distill(tiny_train, 2, seed=0)
+@pytest.mark.parametrize("name", ["dm", "dc", "cafe"])
+def test_bfloat16_real_side_stays_close(name, tiny_train):
+    cfg = tiny_config(name)
+    fp32 = get_method(name).cls(cfg).distill(tiny_train, 2, seed=0)
+    amp = get_method(name).cls(dataclasses.replace(cfg, amp_real=True)).distill(tiny_train, 2, seed=0)
     assert amp.images.dtype == torch.float32
     assert torch.allclose(fp32.images, amp.images, atol=0.05) and not torch.equal(fp32.images, amp.images)
