@@ -7,7 +7,9 @@ per-class loop of the reference implementation (kept here, not in the package) t
     python scripts/bench_baselines.py --methods dm,dd,dc,dsa,cafe [--device cuda] [--json out.json]
 
 One DC/DSA iteration at the published loops (10 matching steps, 50 inner epochs) takes minutes on a 2-core CPU;
-``--iterations`` sets how many are measured per method.
+``--iterations`` sets how many are measured per method (the median is reported). ``--set amp_real=true`` times
+the bfloat16 real side; the report also gives the bf16 matmul peak for it. Run one method per process when
+comparing peak memory (the CPU figure is the process's max RSS).
 """
 
 from __future__ import annotations
