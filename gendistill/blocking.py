@@ -5,7 +5,8 @@ On a CPU the convolutions of a ConvNet run near the matmul peak, but the memory-
 longer fit in the last-level cache. Splitting the batch into blocks of rows keeps them in cache: measured on
 the 2-core development machine (32 MiB L3), ConvNet-3 on MNIST runs a 2560-image frozen forward 1.8-2x
 faster in blocks of 16 than in blocks of 128 or whole, and a 256-image training step 1.7x faster in blocks
-of 16-32 with gradients accumulated over the blocks (``scripts/bench_baselines.py``).
+of 16-32 with gradients accumulated over the blocks. ``scripts/bench_baselines.py`` measures the effect on
+each method's iteration.
 
 Blocking changes nothing but the summation order, provided each row's output depends on that row alone:
 networks normalising with batch statistics (batch norm in training mode) are never blocked. On a GPU whole
