@@ -74,9 +74,7 @@ class DistributionMatching(PixelDistiller):
             real_aug = dsa.apply(real.to(self.device), draw, real_groups)
             rows = cfg.real_chunk or block_rows(net, real_aug)
             real_feats = forward_in_blocks(lambda xb: net.embed(xb).float(), real_aug, rows)
-        real_mean = real_feats.reshape(c, n_real, -1).mean(1).clone()
         syn_feats = net.embed(dsa.apply(images, draw, syn_groups))
-        syn_mean = syn_feats.reshape(c, ipc, -1).mean(1)
-        loss = ((real_mean - syn_mean) ** 2).sum()
+        loss = mean_embedding_loss(real_feats, syn_feats, c)
         self.update_images(state, loss)
         return {"loss": loss.detach()}
