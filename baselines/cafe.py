@@ -4,14 +4,18 @@ Loss per image update (reference §2.5): layer-wise feature alignment
 ``sum_l w_l * sum_c || mean f_l(real_c) - mean f_l(syn_c) ||^2`` over the block outputs f1, f2, f3 (ReLU
 outputs), the final pooled map f4 and the flattened embedding f5 (weights 0.1, 0.1, 1, 1, 1), plus the
 discrimination loss ``beta * CE(<f5(real_i), m_c>)`` with m_c the mean embedding of synthetic class c
-(beta = 0.01). Images: SGD lr 0.1, momentum 0.5, lr x0.5 at image updates 1200, 1600, 1800 of 2000.
+(beta = 0.01). Images: SGD lr 0.1, momentum 0.5, lr x0.5 at outer iterations 1200, 1600, 1800 of 2000.
 
-Dynamic bi-level schedule (the paper's intent; the reference code never resets its running accuracy, a quirk
-not reproduced): a fresh network per round; the outer phase updates the images until the network's accuracy on
-freshly sampled real data (``acc_batch`` per class) is stable over a window of 10 (max - min < lambda_1 = 0.04);
-the inner phase trains the network on the synthetic set epoch by epoch until that accuracy fluctuates by more
-than lambda_2 = 0.03 over the window. ``max_outer`` / ``max_inner`` cap both phases. ``iterations`` counts image
-updates. The accuracy checks read values on the host: they decide the control flow, as in the paper.
+Loop structure as ``distill.py`` codes it (reference §2.5): ``iterations`` outer iterations, each with one fresh
+network; inside it, repeat {one image update -> append the network's accuracy on freshly sampled real data
+(``acc_batch`` per class) to a sliding window of 10 and stop the iteration when its max - min < lambda_1 =
+0.04 -> otherwise train the network on the synthetic set epoch by epoch (SGD lr_net, no momentum) until a fresh
+window of those accuracies varies by more than lambda_2 = 0.03}. So every iteration makes >= 10 image updates
+against a network that is being trained on the images, each followed by >= 10 network epochs. The reference
+never resets a running accuracy accumulator (``acc_test``); the paper's intent (the plain accuracy) is used
+instead. ``max_outer`` / ``max_inner`` are optional caps (0 = none, as published) on image updates per iteration
+and epochs per inner phase; a preset that sets them is a reduced, labelled budget. The accuracy checks read
+values on the host: they decide the control flow, as in the reference.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ class CAFEConfig(PixelConfig):
     """CAFE settings (published defaults).
 
     Attributes:
-        milestones: image updates at which the image lr is multiplied by ``lr_decay``.
+        iterations: outer iterations (a fresh network each, >= 10 image updates each).
+        milestones: outer iterations at which the image lr is multiplied by ``lr_decay``.
         lr_decay: image lr decay factor.
         lr_net: SGD lr of the network's inner training on the synthetic set.
         batch_train: batch size of that training.
@@ -50,8 +55,8 @@ class CAFEConfig(PixelConfig):
         lambda_inner: the inner phase ends when the accuracy window's max - min exceeds this.
         window: accuracy window length.
         acc_batch: real images per class for each accuracy check.
-        max_outer: cap on image updates per round.
-        max_inner: cap on network epochs per round.
+        max_outer: optional cap on image updates per outer iteration (0 = none, the reference).
+        max_inner: optional cap on network epochs per inner phase (0 = none, the reference).
     """
 
     iterations: int = 2000
@@ -68,8 +73,8 @@ class CAFEConfig(PixelConfig):
     lambda_inner: float = 0.03
     window: int = 10
     acc_batch: int = 128
-    max_outer: int = 50
-    max_inner: int = 50
+    max_outer: int = 0
+    max_inner: int = 0
 
 
 @dataclasses.dataclass
@@ -128,7 +133,7 @@ def cafe_losses(net: torch.nn.Module, real: torch.Tensor, real_labels: torch.Ten
 
 
 @register_method("cafe", config=CAFEConfig, paper="Wang et al., CAFE: Learning to Condense Dataset by Aligning "
-                 "Features, CVPR 2022", year=2022, kind="pixel", default_eval="dc")
+                 "Features, CVPR 2022", year=2022, kind="pixel", default_eval="cafe")
 class CAFE(PixelDistiller):
     """Layer-wise feature alignment plus discrimination loss with a dynamic bi-level schedule."""
 
@@ -141,19 +146,16 @@ class CAFE(PixelDistiller):
         if not hasattr(self.fresh_network(train, seed, 0), "block_outputs"):
             raise ConfigError(f"CAFE needs a ConvNet (block outputs); got model={self.config.model}")
         state = super().init_state(train, ipc, generator, seed)
-        state.update(round=0, updates=0)
+        state.update(updates=0)
         return state
 
     def checkpoint_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        return {**super().checkpoint_state(state), "round": state["round"], "updates": state["updates"]}
+        return {**super().checkpoint_state(state), "updates": state["updates"]}
 
     def restore_state(self, saved: dict[str, Any]) -> dict[str, Any]:
         state = super().restore_state(saved)
-        state.update(round=int(saved["round"]), updates=int(saved["updates"]))
+        state.update(updates=int(saved["updates"]))
         return state
-
-    def finished(self, state: dict[str, Any]) -> bool:
-        return state["updates"] >= self.config.iterations
 
     def _real_accuracy(self, net, train: RealDataset, generator: torch.Generator) -> float:
         x, y = train.sample_all_classes(self.config.acc_batch, generator)
@@ -162,61 +164,69 @@ class CAFE(PixelDistiller):
             logits = forward_in_blocks(net, x, block_rows(net, x))
             return float((logits.argmax(1) == y.to(self.device)).float().mean())
 
+    def _inner_epoch(self, net, images: torch.Tensor, labels: torch.Tensor, train: RealDataset,
+                     protocol: EvalProtocol, generator: torch.Generator) -> None:
+        """One epoch of the network on the synthetic set (SGD lr_net, no momentum; non-siamese DSA for +DSA)."""
+        train_network(net, images.detach(), labels, protocol, generator, flip_ok=train.flip_ok, device=self.device)
+        net.train()
+
     def step(self, it: int, state: dict[str, Any], train: RealDataset, generator: torch.Generator, seed: int
              ) -> dict[str, torch.Tensor]:
-        """One round: an outer phase of image updates, then an inner phase of network training.
+        """One outer iteration of ``distill.py``: a fresh network, then repeat {one image update -> outer
+        stability check (stop when the window of real accuracies varies by less than lambda_1) -> train the
+        network on the synthetic set epoch by epoch until the window varies by more than lambda_2}.
 
-        A round is one step of the run loop; the loop stops once ``iterations`` image updates are spent
-        (:meth:`finished`).
+        The images are thus always updated against a network that is being trained on them.
         """
         cfg = self.config
         c = train.num_classes
         images = state["images"]
         ipc = self.images_per_class(state, train)
-        net = self.fresh_network(train, seed, state["round"])
+        net = self.fresh_network(train, seed, it)
         net.train()
         dsa = self.dsa_for(train)
         labels_syn = torch.arange(c, device=self.device).repeat_interleave(ipc)
-        accs: collections.deque = collections.deque(maxlen=cfg.window)
+        inner = EvalProtocol(name="inner", epochs=0, batch_size=cfg.batch_train, lr=cfg.lr_net, momentum=0.0,
+                             weight_decay=0.0, schedule="constant", dsa_strategy=dsa.strategy if cfg.dsa else "")
+        self.set_lr(state, self._image_lr(it))
+        outer_accs: collections.deque = collections.deque(maxlen=cfg.window)
         align_sum = torch.zeros((), device=self.device)
         disc_sum = torch.zeros((), device=self.device)
-        updates = 0
-        while updates < cfg.max_outer and state["updates"] < cfg.iterations:
+        updates = epochs = 0
+        while True:
             for p in net.parameters():
                 p.requires_grad_(False)
             real, real_labels = train.sample_all_classes(cfg.batch_real, generator)
             real, real_labels = real.to(self.device), real_labels.to(self.device)
-            draw = dsa.draw(c, train.image_shape[-1], generator)
+            draw = dsa.draw_siamese(c, train.image_shape[-1], generator)
             real = dsa.apply(real, draw, real_labels.cpu())
             syn = dsa.apply(images, draw, labels_syn.cpu())
             align, discrim = cafe_losses(net, real, real_labels, syn, c, cfg.layer_weights, self.real_side())
-            self.set_lr(state, self._image_lr(state["updates"]))
             self.update_images(state, align + cfg.inner_weight * discrim)
+            for p in net.parameters():
+                p.requires_grad_(True)
             align_sum += align.detach()
             disc_sum += discrim.detach()
             updates += 1
-            state["updates"] += 1
-            accs.append(self._real_accuracy(net, train, generator))
-            if len(accs) == cfg.window and max(accs) - min(accs) < cfg.lambda_outer:
+            outer_accs.append(self._real_accuracy(net, train, generator))
+            if len(outer_accs) == cfg.window and max(outer_accs) - min(outer_accs) < cfg.lambda_outer:
                 break
-        for p in net.parameters():
-            p.requires_grad_(True)
-        accs.clear()
-        inner = EvalProtocol(name="inner", epochs=0, batch_size=cfg.batch_train, lr=cfg.lr_net, momentum=0.0,
-                             weight_decay=0.0, schedule="constant", dsa_strategy=dsa.strategy if cfg.dsa else "")
-        epochs = 0
-        while epochs < cfg.max_inner and state["updates"] < cfg.iterations:
-            train_network(net, images.detach(), labels_syn, inner, generator, flip_ok=train.flip_ok,
-                          device=self.device)
-            net.train()
-            epochs += 1
-            accs.append(self._real_accuracy(net, train, generator))
-            if len(accs) == cfg.window and max(accs) - min(accs) > cfg.lambda_inner:
+            if cfg.max_outer and updates >= cfg.max_outer:
                 break
-        state["round"] += 1
-        n = max(updates, 1)
-        return {"align": align_sum / n, "discrim": disc_sum / n, "updates": torch.tensor(float(updates)),
-                "inner_epochs": torch.tensor(float(epochs))}
+            inner_accs: collections.deque = collections.deque(maxlen=cfg.window)
+            inner_epochs = 0
+            while True:
+                self._inner_epoch(net, images, labels_syn, train, inner, generator)
+                inner_epochs += 1
+                inner_accs.append(self._real_accuracy(net, train, generator))
+                if len(inner_accs) == cfg.window and max(inner_accs) - min(inner_accs) > cfg.lambda_inner:
+                    break
+                if cfg.max_inner and inner_epochs >= cfg.max_inner:
+                    break
+            epochs += inner_epochs
+        state["updates"] += updates
+        return {"align": align_sum / updates, "discrim": disc_sum / updates,
+                "updates": torch.tensor(float(updates)), "inner_epochs": torch.tensor(float(epochs))}
 
 
 @register_method("cafe_dsa", config=CAFEDSAConfig, paper="Wang et al., CAFE (with DSA), CVPR 2022", year=2022,

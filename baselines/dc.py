@@ -30,7 +30,7 @@ from gendistill.methods import register_method
 from .base import PixelConfig, PixelDistiller
 from .matching import gradient_distance, per_class_gradients
 
-__all__ = ["DCConfig", "DSAConfig", "GradientMatching", "get_loops"]
+__all__ = ["DCConfig", "DSAConfig", "GradientMatching", "freeze_batchnorm_statistics", "get_loops"]
 
 _LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
 
@@ -55,6 +55,8 @@ class DCConfig(PixelConfig):
         metric: gradient distance (``ours``, ``mse``, ``cos``).
         class_batching: per-class gradients by a ``loop`` over classes or one ``vmap`` call (see
             :func:`baselines.matching.per_class_gradients`; ``loop`` measured faster on CPU).
+        bn_images_per_class: real images per class that set a BatchNorm network's statistics before each
+            matching step (the reference's ``BNSizePC``; networks without BatchNorm ignore it).
     """
 
     iterations: int = 1000
@@ -67,6 +69,7 @@ class DCConfig(PixelConfig):
     inner_loop: int = 0
     metric: Literal["ours", "mse", "cos"] = "ours"
     class_batching: Literal["loop", "vmap"] = "loop"
+    bn_images_per_class: int = 16
 
 
 @dataclasses.dataclass
@@ -75,6 +78,20 @@ class DSAConfig(DCConfig):
 
     init: Literal["real", "noise"] = "real"
     dsa: bool = True
+
+
+def freeze_batchnorm_statistics(net: nn.Module, train: RealDataset, per_class: int, generator: torch.Generator,
+                                device: torch.device) -> None:
+    """DC's BatchNorm handling before matching (``main.py``, ``BNSizePC = 16``): one train-mode forward of
+    ``per_class`` real images of every class updates the running statistics, then every BatchNorm layer is put
+    in eval mode so the matching forward passes use (and keep) those statistics."""
+    x, _ = train.sample_all_classes(per_class, generator)
+    net.train()
+    with torch.no_grad():
+        net(x.to(device))
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 @register_method("dc", config=DCConfig, paper="Zhao, Mopuri & Bilen, Dataset Condensation with Gradient "
@@ -99,18 +116,19 @@ class GradientMatching(PixelDistiller):
         ipc = self.images_per_class(state, train)
         outer_loop, inner_loop = self._loops(ipc)
         net = self.fresh_network(train, seed, it)
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
-            raise ConfigError(f"{self.name} supports networks without batch norm (e.g. convnet); got {cfg.model}")
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
         net.train()
         dsa = self.dsa_for(train)
         labels_syn = torch.arange(c, device=self.device).repeat_interleave(ipc).view(c, ipc)
         total = torch.zeros((), device=self.device)
         for ol in range(outer_loop):
+            if has_bn:
+                freeze_batchnorm_statistics(net, train, cfg.bn_images_per_class, generator, self.device)
             params = {k: v.detach() for k, v in net.named_parameters()}
             real, _ = train.sample_all_classes(cfg.batch_real, generator)
             real = real.to(self.device)
             n_real = real.shape[0] // c
-            draw = dsa.draw(c, train.image_shape[-1], generator)
+            draw = dsa.draw_siamese(c, train.image_shape[-1], generator)
             real = dsa.apply(real, draw, torch.arange(c).repeat_interleave(n_real))
             syn = dsa.apply(images, draw, torch.arange(c).repeat_interleave(ipc))
             labels_real = torch.arange(c, device=self.device).repeat_interleave(n_real).view(c, n_real)

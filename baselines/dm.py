@@ -67,7 +67,7 @@ class DistributionMatching(PixelDistiller):
         real, _ = train.sample_all_classes(cfg.batch_real, generator)
         n_real = real.shape[0] // c
         dsa = self.dsa_for(train)
-        draw = dsa.draw(c, train.image_shape[-1], generator)
+        draw = dsa.draw_siamese(c, train.image_shape[-1], generator)
         real_groups = torch.arange(c).repeat_interleave(n_real)
         syn_groups = torch.arange(c).repeat_interleave(ipc)
         with torch.inference_mode(), self.real_side():

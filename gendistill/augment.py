@@ -10,9 +10,10 @@ mode of the reference with one code path:
 
 * non-siamese (evaluation, inner loops): every image is its own group;
 * siamese for one class: the real and the synthetic batch share one group, so they get identical parameters;
-* siamese for all classes at once (batched DM/DC): group = class, so real and synthetic images of a class
-  share parameters while classes differ. The family is then shared by the classes of one call (the
-  reference draws it per class); this is what makes one batched forward pass possible.
+* siamese for all classes at once (batched DM/DC/CAFE): group = class, so real and synthetic images of a
+  class share parameters while classes differ. :meth:`DSA.draw_siamese` draws the family per group too, as
+  the reference (which seeds every class separately) does; :meth:`DSA.apply` applies each family to the rows
+  of its groups, so all classes still go through the network in one batched forward pass.
 
 All randomness comes from an explicit ``torch.Generator``.
 """
@@ -22,10 +23,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DSA", "DSAParams", "AugDraw", "cutmix"]
+__all__ = ["DSA", "DSAParams", "AugDraw", "GroupDraw", "cutmix"]
 
 FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
 
@@ -51,6 +53,20 @@ class AugDraw:
     family: str
     values: dict[str, torch.Tensor]
     num_groups: int
+
+
+@dataclasses.dataclass
+class GroupDraw:
+    """A siamese draw with one family per group: ``family_of_group[g]`` indexes ``draws`` (one
+    :class:`AugDraw` per family drawn, each holding parameters for every group)."""
+
+    family_of_group: torch.Tensor
+    draws: dict[str, AugDraw]
+    num_groups: int
+
+    @property
+    def family(self) -> str:
+        return "per-group"
 
 
 class DSA:
@@ -86,6 +102,9 @@ class DSA:
         if not self.families:
             return AugDraw("none", {}, num_groups)
         family = self.families[int(torch.randint(len(self.families), (1,), generator=generator))]
+        return self._draw_family(family, num_groups, image_size, generator)
+
+    def _draw_family(self, family: str, num_groups: int, image_size: int, generator: torch.Generator) -> AugDraw:
         p, n, g = self.params, num_groups, generator
 
         def u() -> torch.Tensor:
@@ -110,12 +129,38 @@ class DSA:
             values = {"angle": (u() - 0.5) * 2 * p.ratio_rotate / 180 * math.pi}
         return AugDraw(family, values, num_groups)
 
+    def draw_siamese(self, num_groups: int, image_size: int, generator: torch.Generator) -> AugDraw | GroupDraw:
+        """Draw a family *per group* and its parameters (the reference's per-class siamese seeds)."""
+        if not self.families:
+            return AugDraw("none", {}, num_groups)
+        index = torch.randint(len(self.families), (num_groups,), generator=generator)
+        draws = {}
+        for k in torch.unique(index).tolist():
+            family = self.families[k]
+            draws[family] = self._draw_family(family, num_groups, image_size, generator)
+        names = list(draws)
+        family_of_group = torch.tensor([names.index(self.families[k]) for k in index.tolist()])
+        return GroupDraw(family_of_group, draws, num_groups)
+
     # -------------------------------------------------------------------------------------------- apply
-    def apply(self, x: torch.Tensor, draw: AugDraw, groups: torch.Tensor | None = None) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, draw: AugDraw | GroupDraw, groups: torch.Tensor | None = None
+              ) -> torch.Tensor:
         """Apply ``draw`` to ``x`` ``[N, C, H, W]``; image i uses the parameters of group ``groups[i]``.
 
-        ``groups=None`` means image i uses group i (requires ``draw.num_groups == N``).
+        ``groups=None`` means image i uses group i (requires ``draw.num_groups == N``). A :class:`GroupDraw`
+        applies each family to the rows whose group drew it (differentiable, one pass per family).
         """
+        if isinstance(draw, GroupDraw):
+            groups = torch.arange(x.shape[0]) if groups is None else groups.cpu()
+            row_family = draw.family_of_group[groups]
+            out = x
+            for k, sub_draw in enumerate(draw.draws.values()):
+                rows = (row_family == k).nonzero().view(-1)
+                if rows.numel() == 0:
+                    continue
+                rows_dev = rows.to(x.device)
+                out = out.index_copy(0, rows_dev, self.apply(x.index_select(0, rows_dev), sub_draw, groups[rows]))
+            return out
         if draw.family == "none":
             return x
         n = x.shape[0]
@@ -178,8 +223,6 @@ def cutmix(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, beta: f
     if float(torch.rand(1, generator=generator)) >= prob:
         return x, y, y, 1.0
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    import numpy as np
-
     lam = float(np.random.default_rng(seed).beta(beta, beta))
     perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
     h, w = x.shape[2:]
@@ -196,48 +239,112 @@ def cutmix(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, beta: f
 
 
 class DCAugment:
-    """DC's non-differentiable evaluation augmentation (reference §1.4; Zhao et al., ICLR 2021 code).
+    """DC's non-differentiable evaluation augmentation, drawn as ``utils.augment`` draws it (reference §1.4;
+    Zhao et al., ICLR 2021 code).
 
-    For every image one operation of ``strategy`` is chosen: ``crop`` (shift by up to ``crop`` px), ``scale``
-    (independent x/y factors in [1 - scale, 1 + scale]), ``rotate`` (up to ``rotate`` degrees) or ``noise``
-    (Gaussian, std ``noise``). Pixels moved in from outside take the batch's per-channel mean, as in the
-    reference. The reference uses MNIST's ``crop_scale_rotate`` with 1000 evaluation epochs (preset
-    ``dc_mnist``); rotation here is bilinear where the reference used scipy's spline rotation.
+    For every image one operation of ``strategy`` is chosen uniformly:
+
+    * ``crop``: pad by ``crop`` px with the batch's per-channel mean and cut the image back at offset
+      ``permutation(2 * crop)[0]`` per axis, i.e. a shift in ``[-crop, crop - 1]`` ([-4, 3]);
+    * ``scale``: nearest resize to ``int(u * H) x int(u' * W)`` with ``u, u'`` uniform in
+      ``[1 - scale, 1 + scale]``, centred on a zero canvas, centre crop back to ``H x W`` (zero fill);
+    * ``rotate``: ``scipy.ndimage.rotate`` by an integer angle in ``[-rotate, rotate - 1]`` ([-45, 44]),
+      cubic spline, ``reshape=True`` then centre crop, filled with the mean of the per-channel batch means;
+    * ``noise``: add Gaussian noise of std ``noise``.
+
+    Crop and scale are one gather per batch; rotation calls scipy once per distinct angle in the batch.
     """
 
     def __init__(self, strategy: str = "crop_scale_rotate", crop: int = 4, scale: float = 0.2,
-                 rotate: float = 45.0, noise: float = 0.001) -> None:
+                 rotate: int = 45, noise: float = 0.001) -> None:
+        self.strategy = strategy
         self.ops = strategy.split("_")
         bad = [o for o in self.ops if o not in ("crop", "scale", "rotate", "noise")]
         if bad:
             raise ValueError(f"unknown DC augmentation {bad[0]!r}; use crop, scale, rotate, noise")
-        self.crop, self.scale, self.rotate, self.noise = crop, scale, rotate, noise
+        self.crop, self.scale, self.rotate, self.noise = crop, scale, int(rotate), noise
+
+    # ------------------------------------------------------------------------------------------ draws
+    def draw_crop(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Shifts ``[n, 2]`` (dy, dx): ``permutation(2 * crop)[0] - crop``, uniform on ``[-crop, crop - 1]``."""
+        return torch.randint(0, 2 * self.crop, (n, 2), generator=generator) - self.crop
+
+    def draw_scale(self, n: int, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
+        """Resized sizes ``[n, 2]`` (h', w') = ``int(U(1 - scale, 1 + scale) * size)``."""
+        u = torch.rand(n, 2, generator=generator, dtype=torch.float64) * 2 * self.scale + 1 - self.scale
+        return (u * torch.tensor([h, w], dtype=torch.float64)).long()
+
+    def draw_angle(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Integer angles in degrees, uniform on ``[-rotate, rotate - 1]`` (numpy ``randint(-r, r)``)."""
+        return torch.randint(-self.rotate, self.rotate, (n,), generator=generator)
+
+    # ------------------------------------------------------------------------------------------ apply
+    @staticmethod
+    def apply_crop(x: torch.Tensor, shifts: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+        """``out[y, x] = in[y + dy, x + dx]``, ``fill`` (per channel ``[C]``) outside the image."""
+        n, _, h, w = x.shape
+        ys = torch.arange(h).view(1, h) + shifts[:, :1]
+        xs = torch.arange(w).view(1, w) + shifts[:, 1:]
+        return DCAugment._gather(x, ys, xs, fill)
+
+    @staticmethod
+    def apply_scale(x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        """Nearest resize to ``sizes`` (as ``F.interpolate``), centred on a zero canvas, centre crop."""
+        n, _, h, w = x.shape
+
+        def source(out_len: int, new: torch.Tensor, old: int) -> torch.Tensor:
+            canvas = torch.maximum(torch.maximum(sizes[:, 0], sizes[:, 1]), torch.tensor(max(h, w)))
+            offset_new = (canvas - new) // 2
+            offset_old = (canvas - old) // 2
+            pos = torch.arange(out_len).view(1, -1) + (offset_old - offset_new).view(-1, 1)
+            src = torch.floor(pos.double() * (old / new.double()).view(-1, 1)).long().clamp(max=old - 1)
+            return torch.where((pos >= 0) & (pos < new.view(-1, 1)), src, torch.full_like(src, -1))
+
+        ys, xs = source(h, sizes[:, 0], h), source(w, sizes[:, 1], w)
+        return DCAugment._gather(x, ys, xs, torch.zeros(x.shape[1], dtype=x.dtype, device=x.device))
+
+    @staticmethod
+    def apply_rotate(x: torch.Tensor, angles: torch.Tensor, cval: float) -> torch.Tensor:
+        """scipy's cubic rotation with ``reshape=True``, centre crop back to the input size."""
+        from scipy.ndimage import rotate
+
+        h, w = x.shape[-2:]
+        arr = x.detach().cpu().numpy()
+        out = np.empty_like(arr)
+        for angle in torch.unique(angles).tolist():
+            rows = (angles == angle).nonzero().view(-1).numpy()
+            rot = rotate(arr[rows], angle=angle, axes=(-2, -1), cval=cval)
+            r, c = (rot.shape[-2] - h) // 2, (rot.shape[-1] - w) // 2
+            out[rows] = rot[..., r : r + h, c : c + w]
+        return torch.from_numpy(out).to(x)
+
+    @staticmethod
+    def _gather(x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+        """``out[i, :, a, b] = x[i, :, ys[i, a], xs[i, b]]``; indices outside the image take ``fill``."""
+        n, c, h, w = x.shape
+        ys, xs = ys.to(x.device), xs.to(x.device)
+        valid = ((ys >= 0) & (ys < h)).view(n, 1, h, 1) & ((xs >= 0) & (xs < w)).view(n, 1, 1, w)
+        flat = (ys.clamp(0, h - 1).view(n, h, 1) * w + xs.clamp(0, w - 1).view(n, 1, w)).view(n, 1, h * w)
+        out = x.reshape(n, c, h * w).gather(2, flat.expand(n, c, h * w)).view(n, c, h, w)
+        return torch.where(valid, out, fill.to(x).view(1, c, 1, 1))
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, _, h, w = x.shape
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        choice = torch.randint(len(self.ops), (n,), generator=generator).to(x.device)
-        centred = x - mean
+        mean = x.mean(dim=(0, 2, 3))
+        choice = torch.randint(len(self.ops), (n,), generator=generator)
         out = x.clone()
-        one = torch.ones(n)
-        zero = torch.zeros(n)
         for k, op in enumerate(self.ops):
-            if op == "noise":
-                result = x + self.noise * torch.randn(x.shape, generator=generator).to(x)
+            rows = (choice == k).nonzero().view(-1)
+            if rows.numel() == 0:
+                continue
+            sub = x[rows.to(x.device)]
+            if op == "crop":
+                res = self.apply_crop(sub, self.draw_crop(len(rows), generator), mean)
+            elif op == "scale":
+                res = self.apply_scale(sub, self.draw_scale(len(rows), h, w, generator))
+            elif op == "rotate":
+                res = self.apply_rotate(sub, self.draw_angle(len(rows), generator), float(mean.mean()))
             else:
-                if op == "crop":
-                    dx = torch.randint(-self.crop, self.crop + 1, (n,), generator=generator).float()
-                    dy = torch.randint(-self.crop, self.crop + 1, (n,), generator=generator).float()
-                    rows = [torch.stack([one, zero, -2 * dx / w], 1), torch.stack([zero, one, -2 * dy / h], 1)]
-                elif op == "scale":
-                    s = 1 + (torch.rand(n, 2, generator=generator) * 2 - 1) * self.scale
-                    rows = [torch.stack([1 / s[:, 0], zero, zero], 1), torch.stack([zero, 1 / s[:, 1], zero], 1)]
-                else:
-                    a = (torch.rand(n, generator=generator) * 2 - 1) * self.rotate / 180 * math.pi
-                    rows = [torch.stack([a.cos(), a.sin(), zero], 1), torch.stack([-a.sin(), a.cos(), zero], 1)]
-                theta = torch.stack(rows, 1).to(x)
-                grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-                mode = "nearest" if op == "crop" else "bilinear"
-                result = F.grid_sample(centred, grid, mode=mode, align_corners=False) + mean
-            out = torch.where((choice == k).view(n, 1, 1, 1), result, out)
+                res = sub + self.noise * torch.randn(sub.shape, generator=generator).to(sub)
+            out[rows.to(x.device)] = res
         return out

@@ -28,7 +28,8 @@ def dataset_options(args) -> dict:
 
 
 def _add_eval_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    p.add_argument(f"--{prefix}protocol", default=None, help="dc, dsa, mtt, idc, soft, or a YAML file")
+    p.add_argument(f"--{prefix}protocol", default=None,
+                   help="dc, cafe, dsa, mtt, idc, soft, dd, or a YAML file (default: the set's method's own)")
     p.add_argument(f"--{prefix}model", default=None, help="evaluation network (default: the protocol's)")
     p.add_argument(f"--{prefix}runs", type=int, default=None, help="networks to train (default: 5)")
     p.add_argument(f"--{prefix}epochs", type=int, default=None, help="override epochs (marks a reduced run)")
@@ -58,13 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--grid-every", type=int, default=0)
-    p.add_argument("--eval", dest="eval_protocol", default=None, help="evaluate afterwards with this protocol")
+    p.add_argument("--eval", dest="eval_protocol", nargs="?", const="default", default=None,
+                   help="evaluate afterwards; without a value the method's own protocol (e.g. dsa for dm)")
+    p.add_argument("--distill-seeds", type=int, default=1, metavar="N",
+                   help="N seeded distillations (seeds seed..seed+N-1, folders seed_<k>/), each evaluated; the "
+                        "result reports mean and std over all (distillation, network) pairs and the std across "
+                        "distillations")
     p.add_argument("--eval-runs", type=int, default=None)
     p.add_argument("--eval-epochs", type=int, default=None)
     _add_data_args(p)
 
     p = sub.add_parser("eval", help="evaluate a synthetic set under one protocol")
-    p.add_argument("--synset", required=True, help="synthetic-set folder")
+    p.add_argument("--synset", required=True, help="synthetic-set folder, or the run folder distill wrote")
     p.add_argument("--dataset", default=None, help="default: the dataset recorded in the set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the result here")
@@ -73,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
 
     p = sub.add_parser("export", help="export a synthetic set")
-    p.add_argument("--synset", required=True)
+    p.add_argument("--synset", required=True, help="synthetic-set folder, or the run folder distill wrote")
     p.add_argument("--format", choices=["imagefolder", "grid"], default="imagefolder")
     p.add_argument("--out", required=True)
 
@@ -106,44 +112,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_distill(args) -> int:
     from .data import load_dataset
-    from .pipeline import distill, evaluate_run
+    from .pipeline import distill, distill_seeds, evaluate_run
 
     splits = load_dataset(args.dataset, args.data_root, download=args.download, zca=args.zca,
                           **dataset_options(args))
-    synset = distill(args.method, splits, args.ipc, args.out, seed=args.seed, preset=args.preset,
-                     config_file=args.config, overrides=args.set, resume=args.resume, progress=not args.quiet,
-                     checkpoint_every=args.checkpoint_every, log_every=args.log_every, grid_every=args.grid_every)
+    protocol = None if args.eval_protocol in (None, "default") else args.eval_protocol
+    distill_kwargs = dict(preset=args.preset, config_file=args.config, overrides=args.set, resume=args.resume,
+                          progress=not args.quiet, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                          grid_every=args.grid_every)
+    eval_kwargs = dict(protocol=protocol, runs=args.eval_runs, epochs=args.eval_epochs, progress=not args.quiet)
+    if args.distill_seeds > 1:
+        summary = distill_seeds(args.method, splits, args.ipc, args.out,
+                                seeds=list(range(args.seed, args.seed + args.distill_seeds)),
+                                evaluate=args.eval_protocol is not None, eval_kwargs=eval_kwargs, **distill_kwargs)
+        if summary is not None:
+            print(f"{args.distill_seeds} distillations: {summary['mean']:.2f} ± {summary['std']:.2f} % over "
+                  f"{len(summary['accs'])} (distillation, network) pairs; std across distillations "
+                  f"{summary['std_across_distillations']:.2f} ({summary['protocol']['name']}, "
+                  f"{summary['protocol_source']}); {Path(args.out) / 'result.json'}")
+        return 0
+    if args.distill_seeds < 1:
+        raise GendistillError("--distill-seeds must be at least 1")
+    synset = distill(args.method, splits, args.ipc, args.out, seed=args.seed, **distill_kwargs)
     print(f"wrote {Path(args.out) / 'synset'} ({len(synset)} images, ipc {synset.ipc}, "
           f"{synset.meta.get('distill_time_s', 0):.1f} s)")
     if args.eval_protocol:
-        result = evaluate_run(synset, splits, args.out, protocol=args.eval_protocol, runs=args.eval_runs,
-                              epochs=args.eval_epochs, seed=args.seed, progress=not args.quiet)
-        print(result.summary())
+        result = evaluate_run(synset, splits, args.out, seed=args.seed, **eval_kwargs)
+        _print_result(result)
     return 0
 
 
-def _cmd_eval(args) -> int:
-    import dataclasses
+def _print_result(result) -> None:
+    print(f"protocol: {result.protocol['name']} ({result.protocol_source})")
+    print(result.summary())
 
-    from .evaluation import CUSTOM_EVALUATORS, evaluate, get_protocol
-    from .methods import list_methods
+
+def _cmd_eval(args) -> int:
+    from .evaluation import evaluate
     from .pipeline import load_for_synset
     from .synset import SyntheticSet
 
     synset = SyntheticSet.load(args.synset)
     splits = load_for_synset(synset, args.data_root, args.download, args.dataset)
-    protocol = args.protocol or "dc"
-    list_methods()  # importing the method packages registers their evaluators
-    if protocol in CUSTOM_EVALUATORS:
-        result = CUSTOM_EVALUATORS[protocol](synset, splits.test, runs=args.runs or 5, seed=args.seed,
-                                             model=args.model, device=args.device)
-    else:
-        proto = get_protocol(protocol)
-        if synset.preprocessing.zca is not None:
-            proto = dataclasses.replace(proto, zca=synset.preprocessing.zca.variant)
-        result = evaluate(synset, splits.test, proto, model=args.model, runs=args.runs, epochs=args.epochs,
-                          seed=args.seed, device=args.device, progress=not args.quiet)
-    print(result.summary())
+    result = evaluate(synset, splits.test, args.protocol, model=args.model, runs=args.runs, epochs=args.epochs,
+                      seed=args.seed, device=args.device, progress=not args.quiet)
+    _print_result(result)
     if args.json:
         from .atomic import atomic_json
 

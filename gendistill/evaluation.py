@@ -2,8 +2,11 @@
 
 Presets (reference §1.5, §1.6, §2.6, §1.8):
 
-* ``dc`` - SGD lr 0.01, momentum 0.9, wd 5e-4, batch 256, 300 epochs, no augmentation, lr x0.1 once at half;
-* ``dc_mnist`` - DC's MNIST evaluation: 1000 epochs with DC augmentation (crop, scale, rotate);
+* ``dc`` - SGD lr 0.01, momentum 0.9, wd 5e-4, batch 256, lr x0.1 once at half, with DC's per-dataset rule
+  (``get_daparam`` + ``main.py``): MNIST trains with DC augmentation ``crop_scale_rotate`` for 1000 epochs, a
+  BatchNorm ConvNet (``convnet_bn``) with ``crop_noise`` for 1000 epochs, everything else without
+  augmentation for 300 epochs (``dc_mnist`` is kept as an alias of ``dc``);
+* ``cafe`` - CAFE's ``distill.py`` evaluation: as ``dc`` with 600 epochs where no augmentation applies;
 * ``dsa`` - the same as ``dc`` with DSA (no flip for digits), 1000 epochs (DSA, DM, CAFE+DSA evaluations);
 * ``mtt`` - ``dsa`` with the learning rate learned with the set (MTT/DATM);
 * ``idc`` - 1000 epochs, batch 64, lr x0.2 at 2/3 and 5/6, DSA without cutout plus CutMix (p = 0.5);
@@ -42,8 +45,8 @@ from .nets import create_network
 from .seeding import derive_seed, make_generator
 from .synset import SyntheticSet
 
-__all__ = ["PROTOCOLS", "EvalProtocol", "EvalResult", "evaluate", "get_protocol", "register_evaluator",
-           "split_accuracy", "train_network"]
+__all__ = ["PROTOCOLS", "EvalProtocol", "EvalResult", "dc_augmentation_for", "default_protocol", "evaluate",
+           "get_protocol", "register_evaluator", "resolve_protocol", "split_accuracy", "train_network"]
 
 # Method-specific evaluations (e.g. DD's learned-schedule training) registered by method packages:
 # name -> fn(synset, test, *, runs, seed, model, device) -> EvalResult.
@@ -76,6 +79,10 @@ class EvalProtocol:
         gamma: ``multistep`` decay factor.
         dsa_strategy: DSA families for training ("" = none); flip is dropped for digit datasets.
         dc_aug: DC's non-differentiable augmentation for training, e.g. ``crop_scale_rotate`` ("" = none).
+        dc_aug_rule: choose ``dc_aug`` and the epochs by DC's per-dataset rule (:func:`dc_augmentation_for`):
+            ``epochs_aug`` epochs when it picks an augmentation, ``epochs`` otherwise. Resolved by
+            :func:`resolve_protocol` once the dataset and network are known; the result records both.
+        epochs_aug: epochs when ``dc_aug_rule`` picks an augmentation (1000 in the reference).
         cutmix_prob: probability of CutMix per batch (0 = off).
         cutmix_beta: CutMix Beta parameter.
         label_loss: ``ce`` (hard), ``soft_ce`` or ``kl`` (soft labels).
@@ -100,6 +107,8 @@ class EvalProtocol:
     gamma: float = 0.2
     dsa_strategy: str = ""
     dc_aug: str = ""
+    dc_aug_rule: bool = False
+    epochs_aug: int = 1000
     cutmix_prob: float = 0.0
     cutmix_beta: float = 1.0
     label_loss: Literal["ce", "soft_ce", "kl"] = "ce"
@@ -115,8 +124,8 @@ class EvalProtocol:
 
 
 PROTOCOLS: dict[str, EvalProtocol] = {
-    "dc": EvalProtocol(name="dc"),
-    "dc_mnist": EvalProtocol(name="dc_mnist", epochs=1000, dc_aug="crop_scale_rotate"),
+    "dc": EvalProtocol(name="dc", dc_aug_rule=True),
+    "cafe": EvalProtocol(name="cafe", epochs=600, dc_aug_rule=True),
     "dsa": EvalProtocol(name="dsa", epochs=1000, dsa_strategy=FULL_DSA),
     "mtt": EvalProtocol(name="mtt", epochs=1000, dsa_strategy=FULL_DSA, lr_from_synset=True),
     "idc": EvalProtocol(name="idc", epochs=1000, batch_size=64, schedule="multistep", milestones=(2 / 3, 5 / 6),
@@ -125,9 +134,51 @@ PROTOCOLS: dict[str, EvalProtocol] = {
 }
 
 
+# Old names that still work: ``dc_mnist`` was DC's MNIST recipe before ``dc`` applied it per dataset.
+PROTOCOL_ALIASES = {"dc_mnist": "dc"}
+
+# DC's per-dataset evaluation augmentation (``get_daparam``): only MNIST is augmented.
+DC_AUG_BY_DATASET = {"mnist": "crop_scale_rotate"}
+
+
+def dc_augmentation_for(dataset: str, model: str) -> str:
+    """DC's ``get_daparam`` rule: ``crop_noise`` for a BatchNorm ConvNet, ``crop_scale_rotate`` for MNIST,
+    else none (``""``)."""
+    key = model.lower()
+    if key.startswith("convnet") and "bn" in key.split("_")[1:]:
+        return "crop_noise"
+    return DC_AUG_BY_DATASET.get(dataset, "")
+
+
+def resolve_protocol(protocol: EvalProtocol, dataset: str) -> EvalProtocol:
+    """Apply DC's per-dataset rule (when ``dc_aug_rule`` is set) for ``dataset`` and the protocol's network."""
+    if not protocol.dc_aug_rule:
+        return protocol
+    aug = dc_augmentation_for(dataset, protocol.model)
+    return dataclasses.replace(protocol, dc_aug=aug, epochs=protocol.epochs_aug if aug else protocol.epochs)
+
+
+def default_protocol(synset: SyntheticSet) -> str:
+    """The evaluation protocol of the method that made ``synset`` (its registry ``default_eval``).
+
+    Sets from unregistered methods (e.g. imported files) fall back on their labels: ``soft`` for soft labels,
+    ``mtt`` for a set with a learned learning rate, else ``dc``.
+    """
+    from .methods import _METHODS, list_methods
+
+    list_methods()  # registers every method (and the method packages' evaluators)
+    method = synset.meta.get("method")
+    if method in _METHODS:
+        return _METHODS[method].default_eval
+    if synset.soft:
+        return "soft"
+    return "mtt" if synset.lr is not None else "dc"
+
+
 def get_protocol(name_or_path: str | Path, **overrides: Any) -> EvalProtocol:
-    """A preset by name (``dc``, ``dsa``, ``mtt``, ``idc``, ``soft``) or a YAML file, with field overrides."""
-    key = str(name_or_path)
+    """A preset by name (``dc``, ``cafe``, ``dsa``, ``mtt``, ``idc``, ``soft``) or a YAML file, with field
+    overrides. DC's per-dataset rule is resolved later, by :func:`evaluate` (see :func:`resolve_protocol`)."""
+    key = PROTOCOL_ALIASES.get(str(name_or_path), str(name_or_path))
     if key in PROTOCOLS:
         base = config_to_dict(PROTOCOLS[key])
     elif key.endswith((".yaml", ".yml")):
@@ -156,10 +207,16 @@ class EvalResult:
     peak_memory_mb: float
     seed: int
     synset: dict[str, Any]
+    protocol_source: str = "given"
 
     def summary(self) -> str:
         tag = " [reduced: " + self.reduced_note + "]" if self.reduced else ""
-        return f"{self.mean:.2f} ± {self.std:.2f} % over {len(self.accs)} runs ({self.protocol['name']}){tag}"
+        p = self.protocol
+        recipe = f"{p['name']}: {p['model']}, {p['epochs']} epochs"
+        aug = "+".join(x for x in (p.get("dsa_strategy") and "dsa " + p["dsa_strategy"],
+                                   p.get("dc_aug") and "dc-aug " + p["dc_aug"]) if x)
+        recipe += f", {aug}" if aug else ", no augmentation"
+        return f"{self.mean:.2f} ± {self.std:.2f} % over {len(self.accs)} runs ({recipe}){tag}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -338,7 +395,7 @@ def _check_compatible(synset: SyntheticSet, test: RealDataset, protocol: EvalPro
 def evaluate(
     synset: SyntheticSet,
     test: RealDataset,
-    protocol: EvalProtocol | str = "dc",
+    protocol: EvalProtocol | str | None = None,
     *,
     model: str | None = None,
     runs: int | None = None,
@@ -352,7 +409,9 @@ def evaluate(
     Args:
         synset: the synthetic set.
         test: the real test split, in the same preprocessing space as the set.
-        protocol: a preset name or an :class:`EvalProtocol`.
+        protocol: a preset name, a method evaluator's name (e.g. ``dd``), a YAML file or an
+            :class:`EvalProtocol`; ``None`` takes the default of the method that made the set
+            (:func:`default_protocol`), recorded as ``protocol_source``.
         model: override the evaluation network.
         runs: override the number of networks.
         epochs: override the epochs; fewer than the preset's marks the result as reduced.
@@ -362,10 +421,29 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
+    source = "given"
+    if protocol is None:
+        protocol = default_protocol(synset)
+        source = f"default of method {synset.meta.get('method')}"
+    if isinstance(protocol, str):
+        protocol = PROTOCOL_ALIASES.get(protocol, protocol)
+        if protocol not in CUSTOM_EVALUATORS:
+            from .methods import list_methods
+
+            list_methods()  # method packages register their evaluators on import
+        if protocol in CUSTOM_EVALUATORS:
+            result = CUSTOM_EVALUATORS[protocol](synset, test, runs=runs or 5, seed=seed, model=model,
+                                                 device=str(device))
+            result.protocol_source = source
+            return result
     preset = PROTOCOLS.get(protocol) if isinstance(protocol, str) else PROTOCOLS.get(protocol.name)
     proto = get_protocol(protocol) if isinstance(protocol, str) else copy.deepcopy(protocol)
-    proto = dataclasses.replace(proto, model=model or proto.model, runs=runs or proto.runs,
-                                epochs=epochs or proto.epochs)
+    if isinstance(protocol, str) and synset.preprocessing.zca is not None:  # a preset adopts the set's ZCA
+        proto = dataclasses.replace(proto, zca=synset.preprocessing.zca.variant)
+    proto = resolve_protocol(dataclasses.replace(proto, model=model or proto.model), test.name)
+    proto = dataclasses.replace(proto, runs=runs or proto.runs, epochs=epochs or proto.epochs)
+    if preset is not None:
+        preset = resolve_protocol(dataclasses.replace(preset, model=proto.model), test.name)
     _check_compatible(synset, test, proto)
     notes = []
     if preset is not None and proto.epochs < preset.epochs:
@@ -378,6 +456,7 @@ def evaluate(
     y = _soft_targets(y.float(), proto.temperature).to(device) if synset.soft else y.to(device)
     lr = float(synset.lr) if proto.lr_from_synset else proto.lr
     dsa = DSA.for_dataset(test.flip_ok, proto.dsa_strategy) if proto.dsa_strategy else DSA("none")
+    proto = dataclasses.replace(proto, dsa_strategy=dsa.strategy if dsa.enabled else "")  # what actually runs
     c, h, _ = test.image_shape
     seeds = [derive_seed(seed, "eval", i) for i in range(proto.runs)]
     nets = [create_network(proto.model, c, test.num_classes, h, seed=s).to(device) for s in seeds]
@@ -418,6 +497,7 @@ def evaluate(
                 "preset": synset.meta.get("preset"), "reduced_budget": bool(synset.meta.get("reduced_budget")),
                 "ipc": synset.ipc, "num_images": len(synset), "label_kind": "soft" if synset.soft else "hard",
                 "preprocessing": synset.preprocessing.describe()},
+        protocol_source=source,
     )
 
 

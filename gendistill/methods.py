@@ -128,6 +128,10 @@ class IterativeDistiller(Distiller):
     def iterations(self) -> int:
         return int(getattr(self.config, self.iterations_field))
 
+    def total_iterations(self, train: RealDataset) -> int:
+        """Steps of the run on ``train`` (``iterations``; a method whose budget depends on the data overrides)."""
+        return self.iterations
+
     def init_state(self, train: RealDataset, ipc: int, generator: torch.Generator, seed: int) -> dict[str, Any]:
         raise NotImplementedError
 

@@ -19,7 +19,7 @@ from torch import nn
 from .errors import GendistillError, NetworkInputError
 from .seeding import seeded
 
-__all__ = ["ConvNet", "create_network", "list_networks", "register_network"]
+__all__ = ["ConvNet", "create_network", "list_networks", "register_network", "xavier_init_"]
 
 _NETWORKS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -280,6 +280,44 @@ def alexnet(channels: int, num_classes: int, image_size: int) -> nn.Module:
         nn.Conv2d(192, 192, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(4),
     )
     return _Sequential(features, 192 * 16, nn.Linear(192 * 16, num_classes))
+
+
+@register_network("alexcifarnet")
+def alexcifarnet(channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """DD's CIFAR network (Wang et al. 2018, ``networks.AlexCifarNet``): two 5x5 convs of 64 channels, each with
+    ReLU, 3/2 max pooling and local response normalisation, then fc 4096 -> 384 -> 192 -> classes."""
+    if image_size != 32:
+        raise NetworkInputError(f"alexcifarnet takes 32x32 images (a 4096-d flatten), got {image_size}x{image_size};"
+                                " use lenet or a ConvNet")
+
+    def lrn() -> nn.Module:
+        return nn.LocalResponseNorm(4, alpha=0.001 / 9.0, beta=0.75, k=1)
+
+    features = nn.Sequential(
+        nn.Conv2d(channels, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1), lrn(),
+        nn.Conv2d(64, 64, 5, padding=2), nn.ReLU(), lrn(), nn.MaxPool2d(3, 2, padding=1),
+    )
+    head = nn.Sequential(nn.Linear(4096, 384), nn.ReLU(), nn.Linear(384, 192), nn.ReLU(),
+                         nn.Linear(192, num_classes))
+    return _Sequential(features, 4096, head)
+
+
+def xavier_init_(net: nn.Module, gain: float = 1.0) -> nn.Module:
+    """DD's default initialisation (``networks/utils.init_weights``, ``--init xavier``): Xavier-normal weights
+    with ``gain`` and zero biases for every conv and linear layer; norm layers get weight 1, bias 0."""
+    with torch.no_grad():
+        for m in net.modules():
+            name = type(m).__name__
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+                if getattr(m, "bias", None) is not None:
+                    m.bias.zero_()
+                nn.init.xavier_normal_(m.weight, gain=gain)
+            elif "Norm" in name:
+                if getattr(m, "weight", None) is not None:
+                    m.weight.fill_(1.0)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.zero_()
+    return net
 
 
 @register_network("lenet")

@@ -23,8 +23,8 @@ def result_row(result: dict[str, Any], method: str | None = None) -> dict[str, s
         "method": method or str(s.get("method")),
         "dataset": str(s.get("dataset")),
         "ipc": str(s.get("ipc")),
-        "accuracy (%)": f"{result['mean']:.2f} ± {result['std']:.2f}",
-        "runs": str(len(result["accs"])),
+        "accuracy (%)": _accuracy(result),
+        "runs": _runs(result),
         "eval net": p["model"],
         "protocol": p["name"],
         "epochs": str(p["epochs"]),
@@ -34,6 +34,20 @@ def result_row(result: dict[str, Any], method: str | None = None) -> dict[str, s
         "zca": p.get("zca", "none"),
         "reduced": _reduced(result),
     }
+
+
+def _accuracy(result: dict[str, Any]) -> str:
+    text = f"{result['mean']:.2f} ± {result['std']:.2f}"
+    if "std_across_distillations" in result:
+        text += f" (± {result['std_across_distillations']:.2f} across distillations)"
+    return text
+
+
+def _runs(result: dict[str, Any]) -> str:
+    if "per_distillation" in result:
+        per = result["per_distillation"]
+        return f"{len(per)} distillations × {len(per[0]['accs'])}"
+    return str(len(result["accs"]))
 
 
 def _reduced(result: dict[str, Any]) -> str:

@@ -116,7 +116,7 @@ def run_iterative(distiller: Any, train: Any, ipc: int, *, seed: int, run: RunDi
         generator.set_state(ckpt["generator"])
         start_it = int(ckpt["iteration"])
         elapsed = float(ckpt.get("elapsed_s", 0.0))
-    n = distiller.iterations
+    n = distiller.total_iterations(train)
     bar = tqdm(total=n, initial=start_it, desc=f"{distiller.name} ipc{ipc}", unit="it",
                disable=run is not None and not run.progress, leave=False)
     t0 = time.perf_counter()

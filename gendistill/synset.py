@@ -30,11 +30,19 @@ from .atomic import replace_dir, temp_dir_beside
 from .errors import GendistillError, SynsetFormatError
 from .preprocessing import Preprocessing
 
-__all__ = ["SCHEMA_VERSION", "SyntheticSet", "save_grid"]
+__all__ = ["SCHEMA_VERSION", "SyntheticSet", "resolve_synset_dir", "save_grid"]
 
 SCHEMA_VERSION = 1
 TENSOR_FILE = "synset.safetensors"
 META_FILE = "synset.json"
+
+
+def resolve_synset_dir(path: str | Path) -> Path:
+    """The synthetic-set folder for ``path``: the folder itself, or the ``synset/`` of a run folder."""
+    path = Path(path)
+    if not (path / META_FILE).is_file() and (path / "synset" / META_FILE).is_file():
+        return path / "synset"
+    return path
 
 
 def _sha256(path: Path) -> str:
@@ -194,7 +202,7 @@ class SyntheticSet:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        directory = Path(directory)
+        directory = resolve_synset_dir(directory)
         meta_path, tensor_path = directory / META_FILE, directory / TENSOR_FILE
         if not directory.is_dir():
             raise SynsetFormatError(f"{directory} is not a folder; pass the folder a distill run wrote (…/synset)")

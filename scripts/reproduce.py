@@ -1,10 +1,14 @@
 """Run a grid of (method, dataset, ipc) cells through distill + evaluate and write a markdown table.
 
-Example (the foundation issue's closing-note figures, ``dc`` protocol, 5 runs):
+Example (the fidelity issue's closing-note figures, ``dc`` protocol with DC's per-dataset rule, 5 runs):
 
-    python scripts/reproduce.py --out results/foundation --protocol dc --runs 5 \
-        --cell random:mnist:1 --cell random:mnist:10 --cell random:fashion_mnist:1 \
-        --cell random:fashion_mnist:10 --cell herding:mnist:10
+    python scripts/reproduce.py --out results/fidelity --protocol dc --runs 5 \
+        --cell random:mnist:1 --cell random:mnist:10 --cell random:fashion_mnist:10 --cell herding:mnist:10
+
+Without ``--protocol`` every cell is evaluated under its method's own protocol (``dsa`` for DM/DSA, ``dc`` for
+DC and the coresets, ``cafe`` for CAFE, ``dd`` for DD), printed per cell. ``--distill-seeds N`` runs N seeded
+distillations per cell (``<cell>/seed_<k>/``) and reports mean ± std over all (distillation, network) pairs
+plus the std across distillations.
 
 Each cell writes ``<out>/<method>_<dataset>_ipc<k>/`` (config, synset, result.json); the table goes to
 ``<out>/table.md``. Cells already holding a result.json are skipped, so an interrupted grid resumes.
@@ -19,7 +23,7 @@ from pathlib import Path
 
 from gendistill.atomic import atomic_text
 from gendistill.data import load_dataset
-from gendistill.pipeline import distill, evaluate_run
+from gendistill.pipeline import distill, distill_seeds, evaluate_run
 from gendistill.results import format_table, result_row
 
 
@@ -28,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--cell", action="append", required=True,
                     help="method:dataset:ipc[:preset[:key=value,key=value]] (per-cell method overrides)")
-    ap.add_argument("--protocol", default="dc")
+    ap.add_argument("--protocol", default=None, help="default: each method's own protocol")
+    ap.add_argument("--distill-seeds", type=int, default=1)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -49,14 +54,21 @@ def main(argv: list[str] | None = None) -> int:
         else:
             splits = cache.get(dataset) or load_dataset(dataset, args.data_root)
             cache[dataset] = splits
-            synset = distill(method, splits, int(ipc), run_dir, seed=args.seed, preset=preset,
-                             overrides=[*args.set, *cell_overrides], checkpoint_every=25, resume=True)
-            result = evaluate_run(synset, splits, run_dir, protocol=args.protocol, runs=args.runs,
-                                  epochs=args.epochs, seed=args.seed).to_dict()
-            result["distill_time_s"] = synset.meta.get("distill_time_s")
-            (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+            eval_kwargs = dict(protocol=args.protocol, runs=args.runs, epochs=args.epochs)
+            distill_kwargs = dict(preset=preset, overrides=[*args.set, *cell_overrides], checkpoint_every=25,
+                                  resume=True)
+            if args.distill_seeds > 1:
+                result = distill_seeds(method, splits, int(ipc), run_dir, eval_kwargs=eval_kwargs,
+                                       seeds=list(range(args.seed, args.seed + args.distill_seeds)),
+                                       **distill_kwargs)
+            else:
+                synset = distill(method, splits, int(ipc), run_dir, seed=args.seed, **distill_kwargs)
+                result = evaluate_run(synset, splits, run_dir, seed=args.seed, **eval_kwargs).to_dict()
+                result["distill_time_s"] = synset.meta.get("distill_time_s")
+                (run_dir / "result.json").write_text(json.dumps(result, indent=2))
         rows.append(result_row(result, f"{method} ({', '.join(cell_overrides)})" if cell_overrides else method))
-        print(f"{cell}: {result['mean']:.2f} ± {result['std']:.2f} ({result['wall_time_s']:.0f} s eval, "
+        print(f"{cell}: {result['mean']:.2f} ± {result['std']:.2f} under {result['protocol']['name']} "
+              f"({result.get('protocol_source', 'given')}; {result['wall_time_s']:.0f} s eval, "
               f"{result['seconds_per_run']:.0f} s/run)", flush=True)
         atomic_text(out / "table.md", format_table(rows))
     print(format_table(rows))

@@ -128,21 +128,113 @@ def test_cutmix_mixes_boxes_and_returns_area_weight():
     assert lam == 1.0 and torch.equal(out, x)
 
 
-def test_dc_augment_ops_fill_with_mean_and_follow_generator():
+# ------------------------------------------------------------------ DC augmentation (reference utils.augment)
+def test_dc_crop_is_a_shift_with_mean_fill_hand_computed():
     from gendistill.augment import DCAugment
 
-    x = torch.rand(16, 1, 16, 16)
-    aug = DCAugment("crop")
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    fill = torch.tensor([-1.0])
+    out = DCAugment.apply_crop(x, torch.tensor([[-1, 2]]), fill)  # out[y, x] = in[y - 1, x + 2]
+    expected = torch.tensor([[-1, -1, -1, -1], [2, 3, -1, -1], [6, 7, -1, -1], [10, 11, -1, -1.0]])
+    assert torch.equal(out[0, 0], expected)
+
+
+def test_dc_crop_shift_range_is_permutation_of_2crop_minus_crop():
+    from gendistill.augment import DCAugment
+
+    shifts = DCAugment(crop=4).draw_crop(4000, make_generator(0))
+    assert sorted(shifts.unique().tolist()) == list(range(-4, 4))  # [-4, 3], never +4
+
+
+def test_dc_scale_nearest_resize_zero_fill_hand_computed():
+    import torch.nn.functional as F
+
+    from gendistill.augment import DCAugment
+
+    x = torch.arange(1.0, 17.0).view(1, 1, 4, 4)
+    out = DCAugment.apply_scale(x, torch.tensor([[2, 2]]))  # 4x4 -> 2x2 nearest, centred on zeros
+    expected = torch.tensor([[0, 0, 0, 0], [0, 1, 3, 0], [0, 9, 11, 0], [0, 0, 0, 0.0]])
+    assert torch.equal(out[0, 0], expected)
+    # larger and mixed sizes against the reference's construction (interpolate, pad to max, centre crop)
+    x = torch.randn(4, 2, 28, 28)
+    sizes = torch.tensor([[25, 31], [33, 22], [28, 28], [22, 33]])
+    out = DCAugment.apply_scale(x, sizes)
+    for i, (h, w) in enumerate(sizes.tolist()):
+        tmp = F.interpolate(x[i : i + 1], [h, w])[0]
+        m = max(h, w, 28)
+        canvas = torch.zeros(2, m, m)
+        canvas[:, (m - h) // 2 : (m - h) // 2 + h, (m - w) // 2 : (m - w) // 2 + w] = tmp
+        r = (m - 28) // 2
+        assert torch.equal(out[i], canvas[:, r : r + 28, r : r + 28])
+
+
+def test_dc_scale_sizes_cover_plus_minus_20_percent():
+    from gendistill.augment import DCAugment
+
+    sizes = DCAugment(scale=0.2).draw_scale(5000, 28, 28, make_generator(0))
+    assert sizes.min() == int(0.8 * 28) and sizes.max() == 33  # int(U(0.8, 1.2) * 28) in [22, 33]
+
+
+def test_dc_rotate_integer_angles_cubic_mean_fill():
+    import numpy as np
+    from scipy.ndimage import rotate
+
+    from gendistill.augment import DCAugment
+
+    angles = DCAugment(rotate=45).draw_angle(20000, make_generator(0))
+    assert angles.dtype == torch.long and angles.min() == -45 and angles.max() == 44
+    x = torch.arange(25.0).view(1, 1, 5, 5)
+    out = DCAugment.apply_rotate(x, torch.tensor([90]), cval=0.0)  # a quarter turn is exact: np.rot90
+    assert torch.allclose(out[0, 0], torch.from_numpy(np.rot90(x[0, 0].numpy()).copy()), atol=1e-5)
+    x = torch.randn(3, 1, 28, 28)
+    out = DCAugment.apply_rotate(x, torch.tensor([30, -45, 30]), cval=0.25)
+    ref = rotate(x[1].numpy(), angle=-45, axes=(-2, -1), cval=0.25)  # reshape=True, order 3, then centre crop
+    r = (ref.shape[-1] - 28) // 2
+    assert torch.allclose(out[1], torch.from_numpy(ref[:, r : r + 28, r : r + 28]), atol=1e-5)
+    corner = DCAugment.apply_rotate(torch.ones(1, 1, 28, 28), torch.tensor([45]), cval=0.25)[0, 0, 0, 0]
+    assert abs(float(corner) - 0.25) < 1e-3  # pixels rotated in from outside take the fill value
+
+
+def test_dc_augment_one_op_per_image_and_follows_generator():
+    from gendistill.augment import DCAugment
+
+    x = torch.rand(64, 1, 16, 16)
+    aug = DCAugment("crop_scale_rotate")
     out = aug(x, make_generator(0))
-    assert torch.equal(out, aug(x, make_generator(0))) and out.shape == x.shape
-    # a crop is an integer shift: every output pixel is an input pixel of that image or the batch mean
-    mean = x.mean()
-    for i in range(4):
-        vals = set(x[i].flatten().tolist()) | {float(mean)}
-        assert all(any(abs(v - u) < 1e-5 for u in vals) for v in out[i].flatten().tolist()[:40])
-    noise = DCAugment("noise")(x, make_generator(1))
-    assert (noise - x).abs().max() < 0.01
-    rot = DCAugment("rotate", rotate=0.0)(x, make_generator(2))
-    assert torch.allclose(rot, x, atol=1e-5)
+    assert torch.equal(out, aug(x, make_generator(0))) and not torch.equal(out, aug(x, make_generator(1)))
+    noise = DCAugment("crop_noise", noise=0.001)(x, make_generator(1))
+    small = (noise - x).abs().flatten(1).max(1).values < 0.01
+    assert 0 < int(small.sum()) < 64  # some images got noise, the others a crop
     with pytest.raises(ValueError):
         DCAugment("warp")
+
+
+# ------------------------------------------------------------------------- siamese DSA, family per group
+def test_siamese_draw_gives_each_class_group_its_own_family():
+    from gendistill.augment import GroupDraw
+
+    dsa = DSA("color_crop_cutout_flip_scale_rotate")
+    g = make_generator(0)
+    draw = dsa.draw_siamese(10, 16, g)
+    assert isinstance(draw, GroupDraw) and len(draw.draws) > 1  # 10 classes draw several families
+    while len(draw.draws) < 2 or "flip" in draw.draws:
+        draw = dsa.draw_siamese(2, 16, g)  # two classes, two different families
+    groups_real = torch.tensor([0, 0, 0, 1, 1, 1])
+    groups_syn = torch.tensor([0, 1])
+    x = torch.randn(2, 3, 16, 16)
+    real = dsa.apply(x.repeat_interleave(3, 0), draw, groups_real)
+    syn = dsa.apply(x, draw, groups_syn)
+    for c in range(2):  # a class's real and synthetic rows share the class's family and parameters
+        family = list(draw.draws)[int(draw.family_of_group[c])]
+        alone = dsa.apply(x[c : c + 1], draw.draws[family], torch.tensor([c]))
+        assert torch.allclose(syn[c : c + 1], alone, atol=1e-6)
+        assert torch.allclose(real[3 * c : 3 * c + 3], alone.expand(3, -1, -1, -1), atol=1e-6)
+    assert not torch.allclose(syn[0] - x[0], syn[1] - x[1])
+
+
+def test_siamese_group_draw_is_differentiable():
+    dsa = DSA("color_crop_scale")
+    draw = dsa.draw_siamese(4, 8, make_generator(3))
+    x = torch.randn(8, 1, 8, 8, requires_grad=True)
+    dsa.apply(x, draw, torch.arange(4).repeat_interleave(2)).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -41,12 +41,44 @@ def test_convnet_depth_width_act_pool():
 @pytest.mark.parametrize("name", sorted(set(list_networks())))
 @pytest.mark.parametrize("size,channels", [(28, 1), (32, 3)])
 def test_every_registered_network_forwards_and_embeds(name, size, channels):
+    if name == "alexcifarnet" and size != 32:
+        with pytest.raises(NetworkInputError, match="32x32"):
+            create_network(name, channels, 10, size)
+        return
     net = create_network(name, channels, 10, size, seed=0)
     x = torch.randn(2, channels, size, size)
     net.eval()
     assert net(x).shape == (2, 10)
     emb = net.embed(x)
     assert emb.shape[0] == 2 and torch.allclose(net.classifier(emb), net(x), atol=1e-5)
+
+
+def test_alexcifarnet_matches_dd_reference_layout():
+    net = create_network("alexcifarnet", 3, 10, 32, seed=0)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    lrns = [m for m in net.modules() if isinstance(m, nn.LocalResponseNorm)]
+    assert [(c.out_channels, c.kernel_size) for c in convs] == [(64, (5, 5)), (64, (5, 5))]
+    assert [(m.in_features, m.out_features) for m in linears] == [(4096, 384), (384, 192), (192, 10)]
+    assert len(lrns) == 2 and lrns[0].size == 4 and lrns[0].beta == 0.75
+    assert net.embed(torch.zeros(1, 3, 32, 32)).shape == (1, 4096)
+
+
+def test_xavier_init_has_dd_statistics():
+    from gendistill.nets import xavier_init_
+    from gendistill.seeding import seeded
+
+    net = create_network("lenet", 1, 10, 28)
+    with seeded(0):
+        xavier_init_(net)
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            assert torch.count_nonzero(m.bias) == 0
+            fan_in = m.weight[0].numel()
+            fan_out = m.weight.shape[0] * (m.weight[0, 0].numel() if m.weight.dim() > 2 else 1)
+            expected = (2.0 / (fan_in + fan_out)) ** 0.5
+            assert abs(float(m.weight.detach().std()) - expected) < 0.15 * expected
+            assert abs(float(m.weight.detach().mean())) < 3 * expected / m.weight.numel() ** 0.5
 
 
 def test_resnet_large_images_use_imagenet_stem():
