@@ -9,6 +9,32 @@ from .methods import Distiller, IterativeDistiller, get_method, list_methods, re
 from .nets import create_network, list_networks  # noqa: E402
 from .synset import SyntheticSet  # noqa: E402
 
+
+def load_synset(path: str) -> SyntheticSet:
+    """Load a synthetic set from its folder or from the run folder ``gendistill distill --out`` wrote."""
+    return SyntheticSet.load(path)
+
+
+def distill(method: str, dataset: str | DatasetSplits, ipc: int, out: str | None = None, *,
+            data_root: str | None = None, preset: str | None = None, overrides: list[str] | None = None,
+            seed: int = 0, progress: bool = True, resume: bool = False, overwrite: bool = False) -> SyntheticSet:
+    """Distill ``dataset`` (a name or loaded :class:`DatasetSplits`) with ``method`` into ``ipc`` images per class.
+
+    With ``out``, the run gets a run folder (config, checkpoints, ``synset/``; see the README), exactly as
+    ``gendistill distill --out``; without it, the set is only returned. ``preset`` and ``overrides``
+    (``["key=value", ...]``) select the settings as on the command line.
+    """
+    from .pipeline import distill as _distill_to_folder
+    from .pipeline import resolve_config
+
+    splits = dataset if isinstance(dataset, DatasetSplits) else load_dataset(dataset, data_root)
+    if out is not None:
+        return _distill_to_folder(method, splits, ipc, out, seed=seed, preset=preset, overrides=overrides,
+                                  progress=progress, resume=resume, overwrite=overwrite)
+    config = resolve_config(method, splits.name, ipc, preset=preset, overrides=overrides)
+    return get_method(method).cls(config).distill(splits.train, ipc, seed=seed, progress=progress)
+
+
 __all__ = [
     "PROTOCOLS",
     "DatasetSplits",
@@ -20,6 +46,7 @@ __all__ = [
     "RealDataset",
     "SyntheticSet",
     "create_network",
+    "distill",
     "evaluate",
     "get_method",
     "get_protocol",
@@ -27,5 +54,6 @@ __all__ = [
     "list_methods",
     "list_networks",
     "load_dataset",
+    "load_synset",
     "register_method",
 ]

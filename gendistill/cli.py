@@ -6,6 +6,7 @@ Every user error exits with status 2 and one line on stderr (``--debug`` shows t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="dataset folder (default: $GENDISTILL_DATA, else ~/.cache/gendistill/data)")
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
     p.add_argument("--resolution", type=int, default=None,
-                   help="image size for folder datasets (ImageNet subsets: 128 by default; 256 for DiT-XL/2)")
+                   help="image size every folder dataset is resized to (imagefolder: 32 by default; ImageNet subsets: "
+                        "128; 256 for DiT-XL/2); folder datasets are normalised with ImageNet mean/std")
 
 
 def dataset_options(args) -> dict:
@@ -35,26 +37,44 @@ def _add_eval_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument(f"--{prefix}epochs", type=int, default=None, help="override epochs (marks a reduced run)")
 
 
+def _add_global_flags(p: argparse.ArgumentParser, top: bool) -> None:
+    """``--debug``, ``--quiet`` and ``--threads``: accepted before and after the subcommand (on a subcommand
+    they default to SUPPRESS, so a flag given before it is kept)."""
+    kw = {} if top else {"default": argparse.SUPPRESS}
+    p.add_argument("--debug", action="store_true", help="show tracebacks", **kw)
+    p.add_argument("--quiet", action="store_true", help="no progress bars", **kw)
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: $GENDISTILL_THREADS, "
+                   "else one per core)", **({"default": None} if top else kw))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gendistill", description="Dataset distillation toolkit")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_global_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("methods", help="list registered methods")
+    p = sub.add_parser("methods", help="list registered methods, or show one method's settings")
+    p.add_argument("name", nargs="?", default=None, help="a method: print its settings, defaults and presets")
+    p = sub.add_parser("config", help="a method's settings resolved for a dataset, IPC and preset")
+    p.add_argument("name", help="method name")
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--preset", default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("datasets", help="list registered datasets")
     sub.add_parser("networks", help="list registered networks")
 
     p = sub.add_parser("distill", help="distill a dataset into a synthetic set")
-    p.add_argument("--method", required=True)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--ipc", type=int, required=True, help="images per class")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--method", default=None, help="method name (see `gendistill methods`)")
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--ipc", type=int, default=None, help="images per class")
+    p.add_argument("--out", required=True, help="run folder (must be new or empty; see --resume, --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder (stale results too)")
     p.add_argument("--preset", default=None, help="preset name, e.g. cpu (default: the published setting)")
     p.add_argument("--config", default=None, help="YAML file of method settings")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run folder's recorded run from its last checkpoint (--out alone suffices)")
     p.add_argument("--zca", choices=["kornia", "kip"], default=None, help="whiten the dataset with ZCA")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--log-every", type=int, default=10)
@@ -75,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the result here")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--test-subset", type=int, default=None, metavar="N",
+                   help="test on a class-balanced subset of N images (quick checks; the result is marked reduced)")
     _add_eval_args(p)
     _add_data_args(p)
 
@@ -83,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["imagefolder", "grid"], default="imagefolder")
     p.add_argument("--out", required=True)
 
-    p = sub.add_parser("import", help="import a reference repository's output (.pt)")
-    p.add_argument("--format", choices=["dc", "mtt"], required=True, help="dc: res_*.pt; mtt: folder of *_best.pt")
+    p = sub.add_parser("import", help="import a reference repository's output (.pt) or an exported image folder")
+    p.add_argument("--format", choices=["dc", "mtt", "imagefolder"], required=True,
+                   help="dc: res_*.pt; mtt: folder of *_best.pt; imagefolder: a folder written by export")
     p.add_argument("--path", required=True)
     p.add_argument("--dataset", required=True, help="the dataset it was distilled from")
     p.add_argument("--method", default=None, help="method name to record")
@@ -92,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true", help="allow pickled objects (runs code from the file)")
     _add_data_args(p)
 
-    p = sub.add_parser("table", help="markdown table of result.json files")
+    p = sub.add_parser("table", help="markdown (and CSV) table of every result JSON below the given paths")
     p.add_argument("paths", nargs="+")
+    p.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
 
     from .generative.commands import add_parsers
 
@@ -107,19 +131,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", default=None, help="comma-separated subset")
     p.add_argument("--data-root", default=None)
+    for subparser in sub.choices.values():
+        _add_global_flags(subparser, top=False)
     return parser
+
+
+# Keys of the run record (config.yaml) that ``distill --resume --out DIR`` restores when they are not given.
+_RESUMABLE = {"method": "method", "dataset": "dataset", "ipc": "ipc", "seed": "seed", "preset": "preset",
+              "zca": "zca", "config_file": "config", "overrides": "set", "resolution": "resolution"}
+
+
+def _fill_from_record(args) -> None:
+    """``distill --resume --out DIR`` alone: take method, dataset, IPC, seed, preset and overrides from the run
+    record; what is given on the command line still has to match it (checked when the config is written)."""
+    import yaml
+
+    record_path = Path(args.out) / "config.yaml"
+    missing = [k for k in ("method", "dataset", "ipc") if getattr(args, k) is None]
+    if not missing:
+        return
+    if not (args.resume and record_path.is_file()):
+        raise GendistillError(f"distill needs --{' --'.join(missing)} (or --resume with the --out of an existing "
+                              "run to continue it)")
+    record = yaml.safe_load(record_path.read_text()) or {}
+    for key, attr in _RESUMABLE.items():
+        value = (record.get("data") or {}).get(key) if key == "resolution" else record.get(key)
+        if key == "zca" and value == "none":
+            value = None
+        default = {"seed": 0, "set": []}.get(attr)
+        if value is not None and getattr(args, attr, None) in (None, default):
+            setattr(args, attr, value)
 
 
 def _cmd_distill(args) -> int:
     from .data import load_dataset
     from .pipeline import distill, distill_seeds, evaluate_run
 
+    _fill_from_record(args)
     splits = load_dataset(args.dataset, args.data_root, download=args.download, zca=args.zca,
                           **dataset_options(args))
+    print(splits.describe())
     protocol = None if args.eval_protocol in (None, "default") else args.eval_protocol
     distill_kwargs = dict(preset=args.preset, config_file=args.config, overrides=args.set, resume=args.resume,
                           progress=not args.quiet, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                          grid_every=args.grid_every)
+                          grid_every=args.grid_every, overwrite=args.overwrite)
     eval_kwargs = dict(protocol=protocol, runs=args.eval_runs, epochs=args.eval_epochs, progress=not args.quiet)
     if args.distill_seeds > 1:
         summary = distill_seeds(args.method, splits, args.ipc, args.out,
@@ -155,7 +210,7 @@ def _cmd_eval(args) -> int:
     synset = SyntheticSet.load(args.synset)
     splits = load_for_synset(synset, args.data_root, args.download, args.dataset)
     result = evaluate(synset, splits.test, args.protocol, model=args.model, runs=args.runs, epochs=args.epochs,
-                      seed=args.seed, device=args.device, progress=not args.quiet)
+                      seed=args.seed, device=args.device, progress=not args.quiet, test_subset=args.test_subset)
     _print_result(result)
     if args.json:
         from .atomic import atomic_json
@@ -184,6 +239,8 @@ def _cmd_import(args) -> int:
     spec = (splits.train.class_names, splits.train.preprocessing)
     if args.format == "dc":
         synset = SyntheticSet.from_dc_pt(args.path, spec, method=args.method or "dc", trust_pickle=args.trust_pickle)
+    elif args.format == "imagefolder":
+        synset = SyntheticSet.from_imagefolder(args.path, spec, method=args.method)
     else:
         synset = SyntheticSet.from_mtt_dir(args.path, spec, method=args.method or "mtt",
                                            trust_pickle=args.trust_pickle)
@@ -193,77 +250,125 @@ def _cmd_import(args) -> int:
     return 0
 
 
+def _cmd_methods(args) -> int:
+    from .methods import get_method, list_methods
+
+    if args.name:
+        from .settings import describe_method
+
+        print(describe_method(args.name), end="")
+        return 0
+    for name in list_methods():
+        info = get_method(name)
+        print(f"{name:12s} {info.kind:10s} {info.label_kind:6s} eval={info.default_eval:5s} {info.paper}")
+    print("details of one method: gendistill methods NAME")
+    return 0
+
+
+def _cmd_config(args) -> int:
+    from .settings import describe_resolved
+
+    print(describe_resolved(args.name, args.dataset, args.ipc, args.preset, args.set), end="")
+    return 0
+
+
+def _cmd_datasets(args) -> int:
+    from .data import get_dataset_spec, list_datasets
+
+    for name in list_datasets():
+        print(f"{name:14s} {get_dataset_spec(name).description}")
+    return 0
+
+
+def _cmd_networks(args) -> int:
+    from .nets import list_networks
+
+    print("\n".join(["convnet (variants: convnet_d4, convnet_bn, convnet_w64_nn, ...)", *list_networks(),
+                     "timm:<model>"]))
+    return 0
+
+
+def _cmd_table(args) -> int:
+    from .atomic import atomic_text
+    from .results import format_csv, format_table, load_results, result_row
+
+    results = load_results(args.paths)
+    if not results:
+        raise GendistillError("no result JSON (a record with mean, accs and protocol) found under the given paths")
+    rows = [result_row(r) for r in results]
+    print(format_table(rows), end="")
+    if args.csv:
+        atomic_text(args.csv, format_csv(rows))
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def _cmd_generative(args) -> int:
+    from .generative.commands import run
+
+    return run(args)
+
+
+def _cmd_quickstart(args) -> int:
+    from .quickstart import quickstart
+
+    methods = args.methods.split(",") if args.methods else None
+    table = quickstart(args.out, args.data_root, ipc=args.ipc, epochs=args.epochs, runs=args.runs,
+                       seed=args.seed, progress=not args.quiet, methods=methods)
+    print(table, end="")
+    print(f"results and grids in {args.out}/")
+    return 0
+
+
+COMMANDS = {"methods": _cmd_methods, "config": _cmd_config, "datasets": _cmd_datasets, "networks": _cmd_networks,
+            "distill": _cmd_distill, "eval": _cmd_eval, "export": _cmd_export, "import": _cmd_import,
+            "table": _cmd_table, "pretrain": _cmd_generative, "finetune": _cmd_generative,
+            "sample": _cmd_generative, "quickstart": _cmd_quickstart}
+
+
 def _dispatch(args) -> int:
-    if args.command == "methods":
-        from .methods import get_method, list_methods
+    return COMMANDS[args.command](args)
 
-        for name in list_methods():
-            info = get_method(name)
-            print(f"{name:12s} {info.kind:10s} {info.label_kind:6s} eval={info.default_eval:5s} {info.paper}")
-        return 0
-    if args.command == "datasets":
-        from .data import get_dataset_spec, list_datasets
 
-        for name in list_datasets():
-            print(f"{name:14s} {get_dataset_spec(name).description}")
-        return 0
-    if args.command == "networks":
-        from .nets import list_networks
+def _sigterm_as_interrupt(signum, frame) -> None:
+    from .runs import Interrupted
 
-        print("\n".join(["convnet (variants: convnet_d4, convnet_bn, convnet_w64_nn, ...)", *list_networks(),
-                         "timm:<model>"]))
-        return 0
-    if args.command == "distill":
-        return _cmd_distill(args)
-    if args.command == "eval":
-        return _cmd_eval(args)
-    if args.command == "export":
-        return _cmd_export(args)
-    if args.command == "import":
-        return _cmd_import(args)
-    if args.command == "table":
-        from .results import format_table, load_results, result_row
-
-        results = load_results(args.paths)
-        if not results:
-            raise GendistillError("no result.json found under the given paths")
-        print(format_table([result_row(r) for r in results]), end="")
-        return 0
-    if args.command in ("pretrain", "finetune", "sample"):
-        from .generative.commands import run
-
-        return run(args)
-    if args.command == "quickstart":
-        from .quickstart import quickstart
-
-        methods = args.methods.split(",") if args.methods else None
-        table = quickstart(args.out, args.data_root, ipc=args.ipc, epochs=args.epochs, runs=args.runs,
-                           seed=args.seed, progress=not args.quiet, methods=methods)
-        print(table, end="")
-        print(f"results and grids in {args.out}/")
-        return 0
-    raise GendistillError(f"unknown command {args.command}")
+    raise Interrupted(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gendistill`` console script."""
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = None
     try:
+        from .threads import apply_threads
+
+        apply_threads(args.threads)
+        with contextlib.suppress(ValueError):  # only the main thread may install handlers
+            previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         return _dispatch(args)
     except GendistillError as exc:
         if args.debug:
             raise
         print(f"gendistill: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("gendistill: interrupted (a run with checkpoints can continue with --resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        where = getattr(exc, "where", "")
+        print(f"gendistill: interrupted by {signal.Signals(signum).name}{where} (a run with checkpoints can "
+              "continue with --resume)", file=sys.stderr)
+        return 128 + int(signum)
     except (OSError, json.JSONDecodeError) as exc:
         if args.debug:
             raise
         print(f"gendistill: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ class CoresetConfig:
     device: str = "cpu"
 
 
-def feature_network(train: RealDataset, config: CoresetConfig, seed: int) -> torch.nn.Module:
+def feature_network(train: RealDataset, config: CoresetConfig, seed: int, progress: bool = False) -> torch.nn.Module:
     """The network of the ``trained``/``random`` feature spaces (trained briefly on ``train`` for ``trained``)."""
     device = torch.device(config.device)
     c, h, _ = train.image_shape
@@ -57,19 +57,23 @@ def feature_network(train: RealDataset, config: CoresetConfig, seed: int) -> tor
             idx = torch.arange(len(train))
         # train_network runs epochs + 1 passes (the reference loop), so epochs = feature_epochs - 1.
         protocol = EvalProtocol(name="feature", epochs=max(config.feature_epochs, 1) - 1, schedule="constant")
-        train_network(net, images[idx], train.labels[idx], protocol, gen, flip_ok=train.flip_ok, device=device)
+        train_network(net, images[idx], train.labels[idx], protocol, gen, flip_ok=train.flip_ok, device=device,
+                      progress=progress, desc=f"feature network ({config.feature_model}, {len(idx)} real images)")
     return net.to(device).eval()
 
 
-def class_features(train: RealDataset, config: CoresetConfig, seed: int) -> torch.Tensor:
+def class_features(train: RealDataset, config: CoresetConfig, seed: int, progress: bool = False) -> torch.Tensor:
     """``[N, D]`` features of every training image in the configured feature space."""
+    from tqdm.auto import tqdm
+
     if config.features == "pixels":
         return train.images().flatten(1)
-    net = feature_network(train, config, seed)
+    net = feature_network(train, config, seed, progress)
     device = torch.device(config.device)
     feats = []
     with torch.inference_mode():
-        for xb, _ in train.batches(1000):
+        for xb, _ in tqdm(train.batches(1000), total=-(-len(train) // 1000), desc=f"embedding {len(train)} images",
+                          unit="batch", disable=not progress, leave=False):
             feats.append(net.embed(xb.to(device)).float().cpu())
     return torch.cat(feats)
 
@@ -95,12 +99,14 @@ class _Selector(Distiller):
     def needs_features(self) -> bool:
         return True
 
-    def distill(self, train: RealDataset, ipc: int, *, seed: int = 0, run=None) -> SyntheticSet:
+    def distill(self, train: RealDataset, ipc: int, *, seed: int = 0, run=None, progress: bool | None = None
+               ) -> SyntheticSet:
         if ipc > int(train.class_counts.min()):
             raise GendistillError(f"--ipc {ipc} exceeds the {int(train.class_counts.min())} real images of the "
                                   f"smallest class of {train.name}")
         gen = make_generator(seed)
-        feats = class_features(train, self.config, seed) if self.needs_features() else None
+        show = self.show_progress(run, progress)
+        feats = class_features(train, self.config, seed, show) if self.needs_features() else None
         chosen = []
         for c in range(train.num_classes):
             idx = train.class_index[c, : int(train.class_counts[c])]
@@ -164,12 +170,13 @@ class KMeansConfig(CoresetConfig):
 class KMeansCentroids(Distiller):
     """k-means per class; each synthetic image is the mean image of one cluster."""
 
-    def distill(self, train: RealDataset, ipc: int, *, seed: int = 0, run=None) -> SyntheticSet:
+    def distill(self, train: RealDataset, ipc: int, *, seed: int = 0, run=None, progress: bool | None = None
+               ) -> SyntheticSet:
         from sklearn.cluster import KMeans
 
         if ipc > int(train.class_counts.min()):
             raise GendistillError(f"--ipc {ipc} exceeds the real images of the smallest class of {train.name}")
-        feats = class_features(train, self.config, seed)
+        feats = class_features(train, self.config, seed, self.show_progress(run, progress))
         images, labels = [], []
         all_images = train.images()
         for c in range(train.num_classes):
@@ -189,7 +196,8 @@ class KMeansCentroids(Distiller):
 class ClassMean(Distiller):
     """The mean image of each class (IPC 1 only)."""
 
-    def distill(self, train: RealDataset, ipc: int, *, seed: int = 0, run=None) -> SyntheticSet:
+    def distill(self, train: RealDataset, ipc: int, *, seed: int = 0, run=None, progress: bool | None = None
+               ) -> SyntheticSet:
         if ipc != 1:
             raise GendistillError("class_mean makes exactly one image per class; use --ipc 1")
         x = train.images()

@@ -154,6 +154,13 @@ class RealDataset:
         idx = self.sample_indices(n, generator).reshape(-1)
         return self.images(idx), self.labels[idx]
 
+    def subset(self, index: torch.Tensor) -> RealDataset:
+        """A new dataset holding the rows ``index`` (same classes, preprocessing and name)."""
+        sub = RealDataset(self.pixels[index], self.labels[index], self.class_names, self.preprocessing, self.name,
+                          self.split, self.flip_ok)
+        sub._cache = self._cache[index] if self._cache is not None else None
+        return sub
+
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Sequential model-space batches over the whole split (for testing)."""
         for start in range(0, len(self), batch_size):
@@ -167,10 +174,20 @@ class DatasetSplits:
 
     train: RealDataset
     test: RealDataset
+    source: dict = dataclasses.field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.train.name
+
+    def describe(self) -> str:
+        """One line: where the data came from, at what size and normalisation (recorded with every run)."""
+        c, h, w = self.train.image_shape
+        where = self.source.get("folder") or self.source.get("data_root", "?")
+        norm = self.source.get("normalisation") or f"mean {list(self.train.preprocessing.mean)} std " \
+            f"{list(self.train.preprocessing.std)}"
+        return (f"{self.name}: {len(self.train)} train / {len(self.test)} test images from {where}, {c}x{h}x{w}, "
+                f"normalised with {norm}")
 
     def apply_zca(self, variant: str = "kornia", eps: float = 0.1, cache_dir: Path | None = None) -> None:
         """Fit ZCA on the training split (cached on disk when ``cache_dir`` is given) and whiten both splits."""
@@ -264,6 +281,8 @@ def load_dataset(
         takes = ", ".join(sorted(accepted)) or "none"
         raise ConfigError(f"dataset {name} takes no option {', '.join(unknown)} (it takes: {takes})")
     splits = spec.loader(root, download, **options)
+    splits.source = {"data_root": str(root), **{k: v for k, v in options.items() if v is not None},
+                     **splits.source}
     if zca:
         splits.apply_zca(zca, zca_eps, cache_dir=root / ".gendistill_cache")
     return splits
@@ -483,7 +502,11 @@ def _folder_splits(name: str, base: Path, classes: list[str], class_names: list[
             idx = idx[torch.randperm(len(idx), generator=g)]
             hold[idx[: max(1, int(len(idx) * val_fraction))]] = True
         train, test = (x[~hold], y[~hold]), (x[hold], y[hold])
-    return _to_splits(name, train, test, class_names, stats, flip_ok=True)
+    splits = _to_splits(name, train, test, class_names, stats, flip_ok=True)
+    splits.source = {"folder": str(base.resolve()), "resolution": resolution,
+                     "test_split": test_dir.name if test_dir is not None else f"{val_fraction:.0%} hold-out of train",
+                     "normalisation": "ImageNet mean/std" if stats == IMAGENET_STATS else f"mean/std {stats}"}
+    return splits
 
 
 @register_dataset("imagefolder", "any folder of class folders: <root>/train/<class>/*, optional <root>/val|test/")

@@ -256,9 +256,11 @@ class _Trainer:
     """Trains M networks on the same synthetic set, each with its own generator (batched or one by one)."""
 
     def __init__(self, protocol: EvalProtocol, x: torch.Tensor, y: torch.Tensor, lr: float, dsa: DSA,
-                 device: torch.device) -> None:
+                 device: torch.device, bar_per_batch: bool = False) -> None:
         self.p, self.x, self.y, self.lr, self.dsa, self.device = protocol, x, y, lr, dsa, device
         self.passes = protocol.epochs + 1
+        self.batches_per_pass = -(-x.shape[0] // protocol.batch_size)
+        self.bar_per_batch = bar_per_batch
         self.dc_aug = DCAugment(protocol.dc_aug) if protocol.dc_aug else None
 
     def _batch(self, perm: torch.Tensor, start: int, gen: torch.Generator):
@@ -308,7 +310,10 @@ class _Trainer:
                                              rows=block_rows(net, xb))
                 bad |= ~torch.isfinite(loss)
                 opt.step()
-            progress.update(1)
+                if self.bar_per_batch:
+                    progress.update(1)
+            if not self.bar_per_batch:
+                progress.update(1)
         return bad
 
     def train_batched(self, nets: list[nn.Module], gens: list[torch.Generator], progress):
@@ -342,16 +347,19 @@ class _Trainer:
         return params, buffers, base, bad
 
 
-def split_accuracy(net: nn.Module, test: RealDataset, batch_size: int = 100, device: str | torch.device = "cpu"
-                  ) -> float:
+def split_accuracy(net: nn.Module, test: RealDataset, batch_size: int = 100, device: str | torch.device = "cpu",
+                   progress: bool = False) -> float:
     """Top-1 accuracy (%) of ``net`` on the whole split (eval mode, inference mode)."""
+    from tqdm.auto import tqdm
+
     device = torch.device(device)
     # channels_last with small batches is ~2x faster for CPU inference (measured; see scripts/bench_eval.py).
     fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     net.eval().to(memory_format=fmt)
     correct = torch.zeros((), dtype=torch.long, device=device)
     with torch.inference_mode():
-        for xb, yb in test.batches(batch_size):
+        for xb, yb in tqdm(test.batches(batch_size), total=-(-len(test) // batch_size), unit="batch",
+                           desc=f"test pass ({len(test)} images)", disable=not progress, leave=False):
             correct += (net(xb.to(device).contiguous(memory_format=fmt)).argmax(1) == yb.to(device)).sum()
     return 100.0 * int(correct) / len(test)
 
@@ -403,6 +411,7 @@ def evaluate(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    test_subset: int | None = None,
 ) -> EvalResult:
     """Train ``runs`` fresh networks on ``synset`` under ``protocol`` and test each on ``test``.
 
@@ -417,7 +426,9 @@ def evaluate(
         epochs: override the epochs; fewer than the preset's marks the result as reduced.
         seed: base seed; run ``i`` uses ``derive_seed(seed, "eval", i)``.
         device: where to train.
-        progress: show a progress bar.
+        progress: show progress bars (training passes, test pass).
+        test_subset: test on a class-balanced subset of this many images (seeded by ``seed``; a reduced,
+            labelled result) instead of the whole test split.
     """
     from tqdm.auto import tqdm
 
@@ -450,6 +461,12 @@ def evaluate(
         notes.append(f"epochs {proto.epochs} of {preset.epochs}")
     if preset is not None and proto.runs < preset.runs:
         notes.append(f"runs {proto.runs} of {preset.runs}")
+    if test_subset:
+        per_class = max(1, min(test_subset // test.num_classes, int(test.class_counts.min())))
+        full = len(test)
+        index = test.sample_indices(per_class, make_generator(derive_seed(seed, "test-subset"))).reshape(-1)
+        test = test.subset(index)
+        notes.append(f"test subset {len(test)} of {full} images")
     device = torch.device(device)
     x, y = synset.materialize()
     x = x.detach().to(device)
@@ -468,8 +485,8 @@ def evaluate(
         raise GendistillError(f"{proto.model} has batch-norm statistics; use ensemble=sequential")
     trainer = _Trainer(proto, x, y, lr, dsa, device)
     start = time.perf_counter()
-    bar = tqdm(total=proto.runs * trainer.passes, desc=f"eval {proto.model} ({proto.name})", unit="epoch",
-               disable=not progress, leave=False)
+    bar = tqdm(total=proto.runs * trainer.passes, unit="pass", disable=not progress, leave=False,
+               desc=f"eval {proto.model} ({proto.name}: {proto.runs} runs x {proto.epochs} epochs + 1 pass)")
     if mode == "batched":
         params, buffers, base, bad = trainer.train_batched(nets, gens, bar)
         if bool(bad):
@@ -482,7 +499,7 @@ def evaluate(
             if bool(trainer.train_sequential(net, gen, bar)):
                 raise NonFiniteLossError("evaluation loss became NaN/inf: the synthetic set has extreme values or "
                                          "the lr is too high; check the set or lower the lr")
-            accs.append(split_accuracy(net, test, proto.test_batch_size, device))
+            accs.append(split_accuracy(net, test, proto.test_batch_size, device, progress=progress))
     bar.close()
     wall = time.perf_counter() - start
     if device.type == "cuda":
@@ -503,7 +520,7 @@ def evaluate(
 
 def train_network(net: nn.Module, x: torch.Tensor, y: torch.Tensor, protocol: EvalProtocol,
                   generator: torch.Generator, *, flip_ok: bool = True, device: str | torch.device = "cpu",
-                  progress: bool = False) -> nn.Module:
+                  progress: bool = False, desc: str = "train") -> nn.Module:
     """Train ``net`` in place on ``(x, y)`` with the protocol's optimiser, schedule and augmentation.
 
     The same loop the evaluator uses; methods use it to train feature extractors or inner networks on real data.
@@ -512,8 +529,9 @@ def train_network(net: nn.Module, x: torch.Tensor, y: torch.Tensor, protocol: Ev
 
     device = torch.device(device)
     dsa = DSA.for_dataset(flip_ok, protocol.dsa_strategy) if protocol.dsa_strategy else DSA("none")
-    trainer = _Trainer(protocol, x.to(device), y.to(device), protocol.lr, dsa, device)
-    with tqdm(total=trainer.passes, desc="train", unit="epoch", disable=not progress, leave=False) as bar:
+    trainer = _Trainer(protocol, x.to(device), y.to(device), protocol.lr, dsa, device, bar_per_batch=True)
+    with tqdm(total=trainer.passes * trainer.batches_per_pass, desc=desc, unit="batch", disable=not progress,
+              leave=False) as bar:
         if bool(trainer.train_sequential(net.to(device), generator, bar)):
             raise NonFiniteLossError("training loss became NaN/inf; lower the learning rate")
     return net.eval()

@@ -98,9 +98,18 @@ class Distiller:
         self.config = config
         self.device = torch.device(getattr(config, "device", "cpu"))
 
-    def distill(self, train: RealDataset, ipc: int, *, seed: int = 0, run: Any = None) -> SyntheticSet:
-        """Produce the synthetic set (``run`` is a :class:`gendistill.runs.RunDir` for checkpoints and logs)."""
+    def distill(self, train: RealDataset, ipc: int, *, seed: int = 0, run: Any = None,
+                progress: bool | None = None) -> SyntheticSet:
+        """Produce the synthetic set (``run`` is a :class:`gendistill.runs.RunDir` for checkpoints and logs;
+        ``progress`` shows progress bars, default: the run folder's setting, else on)."""
         raise NotImplementedError
+
+    @staticmethod
+    def show_progress(run: Any, progress: bool | None) -> bool:
+        """The effective progress setting of a :meth:`distill` call."""
+        if progress is not None:
+            return progress
+        return bool(run.progress) if run is not None else True
 
     def make_synset(self, train: RealDataset, images: torch.Tensor, labels: torch.Tensor, ipc: int, seed: int,
                     **extra: Any) -> SyntheticSet:
@@ -159,7 +168,8 @@ class IterativeDistiller(Distiller):
         """The synthetic set as it stands (for periodic grids); defaults to :meth:`finalize`."""
         return self.finalize(state, train, ipc, seed)
 
-    def distill(self, train: RealDataset, ipc: int, *, seed: int = 0, run: Any = None) -> SyntheticSet:
+    def distill(self, train: RealDataset, ipc: int, *, seed: int = 0, run: Any = None,
+                progress: bool | None = None) -> SyntheticSet:
         from .runs import run_iterative
 
-        return run_iterative(self, train, ipc, seed=seed, run=run)
+        return run_iterative(self, train, ipc, seed=seed, run=run, progress=self.show_progress(run, progress))

@@ -16,32 +16,41 @@ from .results import format_table, result_row
 from .runs import RunDir
 from .synset import SyntheticSet, check_ipc
 
-__all__ = ["aggregate_distillations", "config_root", "distill", "distill_seeds", "evaluate_run", "resolve_config"]
+__all__ = ["aggregate_distillations", "config_root", "config_roots", "distill", "distill_seeds", "evaluate_run",
+           "resolve_config"]
 
 
 def config_root() -> Path:
-    """Folder of YAML presets: ``$GENDISTILL_CONFIGS``, else the repository's ``configs/``."""
-    if os.environ.get("GENDISTILL_CONFIGS"):
-        return Path(os.environ["GENDISTILL_CONFIGS"])
-    return Path(__file__).resolve().parents[1] / "configs"
+    """The packaged folder of YAML presets, ``gendistill/configs``."""
+    return Path(__file__).resolve().parent / "configs"
+
+
+def config_roots() -> list[Path]:
+    """Preset folders searched in order: each folder of ``$GENDISTILL_CONFIGS`` (``os.pathsep``-separated; they add
+    presets on top of the packaged ones and override them), then the packaged :func:`config_root`."""
+    user = [Path(p) for p in os.environ.get("GENDISTILL_CONFIGS", "").split(os.pathsep) if p]
+    return [*user, config_root()]
 
 
 def preset_file(method: str, dataset: str, ipc: int, preset: str | None) -> Path | None:
     """The preset YAML for (method, dataset, ipc, preset name), or None for the dataclass defaults.
 
-    Looks for ``configs/<method>/<dataset>_ipc<ipc>[_<preset>].yaml`` then ``configs/<method>/<preset>.yaml``;
+    In each folder of :func:`config_roots`, in order, looks for ``<method>/<dataset>_ipc<ipc>[_<preset>].yaml``,
+    then ``<method>/<dataset>_<preset>.yaml``, then ``<method>/<preset>.yaml``; the first file found wins.
     ``preset=None`` (the published setting) falls back to the defaults when no file exists.
     """
-    folder = config_root() / method
+    folders = [root / method for root in config_roots()]
     if preset in (None, "paper", "default"):
-        candidate = folder / f"{dataset}_ipc{ipc}.yaml"
-        return candidate if candidate.is_file() else None
-    for candidate in (folder / f"{dataset}_ipc{ipc}_{preset}.yaml", folder / f"{dataset}_{preset}.yaml",
-                      folder / f"{preset}.yaml"):
-        if candidate.is_file():
-            return candidate
-    known = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-    raise ConfigError(f"no preset {preset!r} for {method} (looked in {folder}); known: {', '.join(known) or 'none'}")
+        published = [folder / f"{dataset}_ipc{ipc}.yaml" for folder in folders]
+        return next((candidate for candidate in published if candidate.is_file()), None)
+    for folder in folders:
+        for candidate in (folder / f"{dataset}_ipc{ipc}_{preset}.yaml", folder / f"{dataset}_{preset}.yaml",
+                          folder / f"{preset}.yaml"):
+            if candidate.is_file():
+                return candidate
+    known = sorted({p.stem for f in folders if f.is_dir() for p in f.glob("*.yaml")})
+    raise ConfigError(f"no preset {preset!r} for {method} (looked in {', '.join(map(str, folders))}); "
+                      f"known: {', '.join(known) or 'none'}")
 
 
 def resolve_config(method: str, dataset: str, ipc: int, *, preset: str | None = None,
@@ -52,24 +61,73 @@ def resolve_config(method: str, dataset: str, ipc: int, *, preset: str | None = 
                        overrides=overrides)
 
 
+# Budget fields: lowering one below the preset's value makes a reduced run. For those in ZERO_IS_FULL, 0 means
+# "the full budget" (DD's computed iteration count, all real images, uncapped CAFE phases).
+BUDGET_FIELDS = ("iterations", "epochs", "batch_real", "pretrain_steps", "finetune_steps", "feature_epochs",
+                 "feature_images_per_class", "max_outer", "max_inner", "outer_loop", "inner_loop")
+ZERO_IS_FULL = {"iterations", "feature_images_per_class", "max_outer", "max_inner", "outer_loop", "inner_loop"}
+
+
+def budget_reductions(config: Any, reference: Any) -> list[str]:
+    """``["iterations 5 < 20000", ...]``: the budget fields of ``config`` below those of ``reference``."""
+    notes = []
+    for name in BUDGET_FIELDS:
+        if not hasattr(config, name) or not hasattr(reference, name):
+            continue
+        value, ref = getattr(config, name), getattr(reference, name)
+        if not isinstance(value, int | float) or not isinstance(ref, int | float):
+            continue
+        lowered = value > 0 and (ref == 0 or value < ref) if name in ZERO_IS_FULL else value < ref
+        if lowered:
+            notes.append(f"{name} {value:g} < {ref:g}" if ref else f"{name} {value:g} (full: 0)")
+    return notes
+
+
 def distill(method: str, splits: DatasetSplits, ipc: int, out: str | Path, *, seed: int = 0,
             preset: str | None = None, config_file: str | Path | None = None, overrides: list[str] | None = None,
             resume: bool = False, progress: bool = True, checkpoint_every: int = 100, log_every: int = 10,
-            grid_every: int = 0) -> SyntheticSet:
-    """Distill ``splits.train`` into ``out/synset`` with full bookkeeping; returns the synthetic set."""
+            grid_every: int = 0, overwrite: bool = False) -> SyntheticSet:
+    """Distill ``splits.train`` into ``out/synset`` with full bookkeeping; returns the synthetic set.
+
+    A run folder that already holds a run is refused unless ``resume`` or ``overwrite``. A run that fails on
+    bad input before its first checkpoint leaves no folder behind. Overrides (``--set``, a ``--config`` file)
+    that lower the budget below the preset's mark the set reduced and are recorded.
+    """
+    import shutil
+
+    from .errors import GendistillError
+
     info = get_method(method)
     check_ipc(ipc)
     config = resolve_config(method, splits.name, ipc, preset=preset, config_file=config_file, overrides=overrides)
+    reference = resolve_config(method, splits.name, ipc, preset=preset)
+    reductions = budget_reductions(config, reference)
+    if preset and preset not in ("paper", "default"):
+        paper = resolve_config(method, splits.name, ipc)
+        reductions = budget_reductions(reference, paper) + [f"override {r}" for r in reductions]
     run = RunDir(out, resume=resume, checkpoint_every=checkpoint_every, log_every=log_every, grid_every=grid_every,
-                 progress=progress)
-    run.write_config({"method": method, "dataset": splits.name, "ipc": ipc, "seed": seed, "preset": preset,
-                      "zca": (splits.train.preprocessing.zca.variant if splits.train.preprocessing.zca else "none"),
-                      "config": config_to_dict(config)})
-    start = time.perf_counter()
-    synset = info.cls(config).distill(splits.train, ipc, seed=seed, run=run)
+                 progress=progress, overwrite=overwrite)
+    record = {"method": method, "dataset": splits.name, "ipc": ipc, "seed": seed, "preset": preset,
+              "zca": (splits.train.preprocessing.zca.variant if splits.train.preprocessing.zca else "none"),
+              "config_file": str(config_file) if config_file else None, "overrides": list(overrides or []),
+              "data": dict(splits.source),
+              "config": config_to_dict(config)}
+    try:
+        run.write_config(record)
+        start = time.perf_counter()
+        synset = info.cls(config).distill(splits.train, ipc, seed=seed, run=run, progress=progress)
+    except GendistillError:
+        if run.created and not run.checkpoint_path.is_file():
+            shutil.rmtree(run.path, ignore_errors=True)  # bad input: leave no stray run folder
+        raise
     synset.meta.setdefault("distill_time_s", time.perf_counter() - start)
     synset.meta["preset"] = preset or "paper"
-    synset.meta["reduced_budget"] = bool(preset and preset.startswith("cpu"))
+    synset.meta["reduced_budget"] = bool(preset and preset.startswith("cpu")) or bool(reductions)
+    synset.meta["budget_reductions"] = reductions
+    synset.meta["overrides"] = list(overrides or [])
+    synset.meta["data_source"] = dict(splits.source)
+    if config_file:
+        synset.meta["config_file"] = str(config_file)
     from .synset import environment_meta
 
     synset.meta["environment"] = environment_meta()

@@ -22,7 +22,7 @@ __all__ = ["QUICKSTART_METHODS", "quickstart"]
 # (method, --set overrides, preset) - fast methods first; "dm" joins when the baselines package provides it.
 QUICKSTART_METHODS = [
     ("random", [], None),
-    ("herding", ["feature_images_per_class=100", "feature_epochs=3"], None),
+    ("herding", [], "cpu"),
     ("kmeans", [], None),
     ("dm", ["iterations=100"], "cpu"),
 ]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["format_table", "load_results", "result_row"]
+__all__ = ["format_csv", "format_table", "is_result", "load_results", "result_row"]
 
 COLUMNS = ["method", "dataset", "ipc", "accuracy (%)", "runs", "eval net", "protocol", "epochs", "aug", "labels",
            "lr", "zca", "reduced"]
@@ -67,9 +67,44 @@ def format_table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def format_csv(rows: list[dict[str, str]]) -> str:
+    """The same rows as CSV (columns in :data:`COLUMNS` order)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def is_result(record: Any) -> bool:
+    """Whether a JSON document is an evaluation result (an EvalResult dict or a multi-distillation summary)."""
+    return isinstance(record, dict) and {"mean", "accs", "protocol"} <= set(record) and \
+        isinstance(record["protocol"], dict)
+
+
 def load_results(paths: list[str | Path]) -> list[dict[str, Any]]:
-    """Read result.json files (folders are searched recursively)."""
-    found: list[Path] = []
+    """Every result JSON below ``paths`` (any ``*.json`` holding an evaluation result; folders are searched
+    recursively, other JSON files are skipped). A named file that is not a result is an error."""
+    from .errors import GendistillError
+
+    found: list[dict[str, Any]] = []
     for p in map(Path, paths):
-        found += sorted(p.rglob("result.json")) if p.is_dir() else [p]
-    return [json.loads(f.read_text()) for f in found]
+        if p.is_dir():
+            for f in sorted(p.rglob("*.json")):
+                try:
+                    record = json.loads(f.read_text())
+                except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+                    continue
+                if is_result(record):
+                    found.append(record)
+        else:
+            if not p.is_file():
+                raise GendistillError(f"{p} does not exist; pass result JSON files or folders holding them")
+            record = json.loads(p.read_text())
+            if not is_result(record):
+                raise GendistillError(f"{p} is not an evaluation result (no mean/accs/protocol)")
+            found.append(record)
+    return found

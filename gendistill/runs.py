@@ -13,7 +13,11 @@ Layout of ``--out DIR``::
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,23 +29,71 @@ from .atomic import atomic_json, atomic_text, atomic_torch_save
 from .errors import CheckpointError, GendistillError, NonFiniteLossError
 from .seeding import make_generator
 
-__all__ = ["RunDir", "run_iterative"]
+__all__ = ["Interrupted", "RunDir", "graceful_interrupts", "run_iterative"]
+
+RUN_MARKERS = ("config.yaml", "checkpoint.pt", "synset", "result.json", "metrics.jsonl")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, raised at a clean point (after a checkpoint where the run has one)."""
+
+    def __init__(self, signum: int, where: str = "") -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.where = where
+
+
+@contextlib.contextmanager
+def graceful_interrupts():
+    """Defer SIGINT/SIGTERM inside a run loop: the first signal sets ``flag["signum"]`` (the loop checkpoints
+    and raises :class:`Interrupted` after the current step); a second one stops at once."""
+    flag: dict[str, int | None] = {"signum": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["signum"] is not None:
+            raise Interrupted(signum)
+        flag["signum"] = signum
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class RunDir:
     """A run folder (see module docstring).
 
+    A folder that already holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (delete it
+    first, stale results included) is given.
+
     Args:
         path: the folder.
         resume: continue from ``checkpoint.pt`` if present (the saved config must match).
+        overwrite: remove an existing run in ``path`` first.
         checkpoint_every: iterations between checkpoints (0 = only at the end).
         log_every: iterations between metric lines.
         grid_every: iterations between grid pictures (0 = never).
     """
 
     def __init__(self, path: str | Path, *, resume: bool = False, checkpoint_every: int = 100,
-                 log_every: int = 10, grid_every: int = 0, progress: bool = True) -> None:
+                 log_every: int = 10, grid_every: int = 0, progress: bool = True, overwrite: bool = False) -> None:
         self.path = Path(path)
+        self.created = not self.path.exists()
+        if not self.created and not resume:
+            entries = [p.name for p in self.path.iterdir()] if self.path.is_dir() else [self.path.name]
+            if entries and overwrite:
+                if not any((self.path / m).exists() for m in RUN_MARKERS):
+                    raise GendistillError(f"{self.path} is not a gendistill run folder (no config.yaml or synset/); "
+                                          "--overwrite only replaces run folders: choose another --out")
+                shutil.rmtree(self.path)
+            elif entries:
+                raise GendistillError(f"{self.path} is not empty (it holds {', '.join(sorted(entries)[:4])}); pass "
+                                      "--resume to continue that run, --overwrite to replace it, or another --out")
         self.resume = resume
         self.checkpoint_every = checkpoint_every
         self.log_every = max(1, log_every)
@@ -99,7 +151,37 @@ def _to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-def run_iterative(distiller: Any, train: Any, ipc: int, *, seed: int, run: RunDir | None = None) -> Any:
+def _checkpoint(distiller: Any, state: Any, generator: torch.Generator, ipc: int, seed: int, iteration: int,
+                elapsed: float) -> dict[str, Any]:
+    return {"method": distiller.name, "ipc": ipc, "seed": seed, "iteration": iteration,
+            "state": _to_device(distiller.checkpoint_state(state), torch.device("cpu")),
+            "generator": generator.get_state(), "elapsed_s": elapsed}
+
+
+def _after_step(distiller: Any, state: Any, train: Any, generator: torch.Generator, ipc: int, seed: int, it: int,
+                n: int, run: RunDir | None, metrics: dict[str, torch.Tensor], bar: Any, elapsed: float) -> bool:
+    """Logging, NaN check, grids and periodic checkpoint after step ``it``; True when the run is complete."""
+    last = it + 1 == n or distiller.finished(state)
+    if run is not None and ((it + 1) % run.log_every == 0 or last):
+        values = {k: float(v) for k, v in metrics.items()}
+        bad = [k for k, v in values.items() if v != v or v in (float("inf"), float("-inf"))]
+        if bad:
+            raise NonFiniteLossError(f"{bad[0]} became NaN/inf at iteration {it + 1}; lower the learning rate "
+                                     "(e.g. --set lr_img=...) or check the data")
+        run.log({"iteration": it + 1, **values, "elapsed_s": elapsed})
+        bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
+    if run is not None and run.grid_every and ((it + 1) % run.grid_every == 0):
+        syn = distiller.preview(state, train, ipc, seed)
+        from .synset import save_grid
+
+        save_grid(syn.to_pixels(), syn.hard_labels(), syn.num_classes, run.path / "grids" / f"step_{it + 1}.png")
+    if run is not None and run.checkpoint_every and ((it + 1) % run.checkpoint_every == 0) and not last:
+        run.save_checkpoint(_checkpoint(distiller, state, generator, ipc, seed, it + 1, elapsed))
+    return last
+
+
+def run_iterative(distiller: Any, train: Any, ipc: int, *, seed: int, run: RunDir | None = None,
+                  progress: bool = True) -> Any:
     """The shared outer loop of every iterative method: steps, logging, NaN checks, checkpoints, resume."""
     from tqdm.auto import tqdm
 
@@ -117,33 +199,24 @@ def run_iterative(distiller: Any, train: Any, ipc: int, *, seed: int, run: RunDi
         start_it = int(ckpt["iteration"])
         elapsed = float(ckpt.get("elapsed_s", 0.0))
     n = distiller.total_iterations(train)
-    bar = tqdm(total=n, initial=start_it, desc=f"{distiller.name} ipc{ipc}", unit="it",
-               disable=run is not None and not run.progress, leave=False)
+    bar = tqdm(total=n, initial=start_it, desc=f"{distiller.name} ipc{ipc}", unit="it", disable=not progress,
+               leave=False)
     t0 = time.perf_counter()
-    for it in range(start_it, n):
-        metrics = distiller.step(it, state, train, generator, seed)
-        bar.update(1)
-        last = it + 1 == n or distiller.finished(state)
-        if run is not None and ((it + 1) % run.log_every == 0 or last):
-            values = {k: float(v) for k, v in metrics.items()}
-            bad = [k for k, v in values.items() if v != v or v in (float("inf"), float("-inf"))]
-            if bad:
-                raise NonFiniteLossError(f"{bad[0]} became NaN/inf at iteration {it + 1}; lower the learning rate "
-                                         "(e.g. --set lr_img=...) or check the data")
-            run.log({"iteration": it + 1, **values, "elapsed_s": elapsed + time.perf_counter() - t0})
-            bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
-        if run is not None and run.grid_every and ((it + 1) % run.grid_every == 0):
-            syn = distiller.preview(state, train, ipc, seed)
-            from .synset import save_grid
-
-            save_grid(syn.to_pixels(), syn.hard_labels(), syn.num_classes, run.path / "grids" / f"step_{it + 1}.png")
-        if run is not None and run.checkpoint_every and ((it + 1) % run.checkpoint_every == 0) and not last:
-            run.save_checkpoint({"method": distiller.name, "ipc": ipc, "seed": seed, "iteration": it + 1,
-                                 "state": _to_device(distiller.checkpoint_state(state), torch.device("cpu")),
-                                 "generator": generator.get_state(),
-                                 "elapsed_s": elapsed + time.perf_counter() - t0})
-        if last:
-            break
+    with graceful_interrupts() as stop:
+        for it in range(start_it, n):
+            metrics = distiller.step(it, state, train, generator, seed)
+            bar.update(1)
+            if stop["signum"] is not None:
+                where = f" after iteration {it + 1} of {n}"
+                if run is not None:
+                    run.save_checkpoint(_checkpoint(distiller, state, generator, ipc, seed, it + 1,
+                                                    elapsed + time.perf_counter() - t0))
+                    where += f"; checkpoint saved in {run.checkpoint_path}"
+                bar.close()
+                raise Interrupted(int(stop["signum"]), where)
+            if _after_step(distiller, state, train, generator, ipc, seed, it, n, run, metrics, bar,
+                           elapsed + time.perf_counter() - t0):
+                break
     bar.close()
     synset = distiller.finalize(state, train, ipc, seed)
     synset.meta["distill_time_s"] = elapsed + time.perf_counter() - t0

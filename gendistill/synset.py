@@ -30,11 +30,17 @@ from .atomic import replace_dir, temp_dir_beside
 from .errors import GendistillError, SynsetFormatError
 from .preprocessing import Preprocessing
 
-__all__ = ["SCHEMA_VERSION", "SyntheticSet", "resolve_synset_dir", "save_grid"]
+__all__ = ["SCHEMA_VERSION", "SyntheticSet", "imagefolder_names", "resolve_synset_dir", "save_grid"]
 
 SCHEMA_VERSION = 1
 TENSOR_FILE = "synset.safetensors"
 META_FILE = "synset.json"
+
+
+def imagefolder_names(class_names: list[str]) -> list[str]:
+    """Folder names ``<NNN>_<class>`` that sort in label order (``ImageFolder`` sorts folders by name)."""
+    width = max(3, len(str(len(class_names) - 1)))
+    return [f"{i:0{width}d}_{name.replace('/', '_')}" for i, name in enumerate(class_names)]
 
 
 def resolve_synset_dir(path: str | Path) -> Path:
@@ -236,29 +242,93 @@ class SyntheticSet:
 
     # ------------------------------------------------------------------------------------------- export
     def to_imagefolder(self, directory: str | Path) -> Path:
-        """Write de-normalised PNGs as ``<class>/<i>.png`` plus ``metadata.jsonl`` (HF datasets' imagefolder)."""
+        """Write de-normalised 8-bit PNGs as ``<NNN>_<class>/<i>.png``, folder names that sort in label order so
+        that torchvision's ``ImageFolder`` assigns the same label indices, plus ``class_to_idx.json`` and
+        ``metadata.jsonl`` (HF datasets' imagefolder; soft labels kept there). :meth:`from_imagefolder` reads it
+        back to the same images (in 8 bits) and labels."""
         from PIL import Image
 
         directory = Path(directory)
         tmp = temp_dir_beside(directory)
         pixels = (self.to_pixels().clamp(0, 1) * 255).round().to(torch.uint8)
         hard = self.hard_labels()
+        folders = imagefolder_names(self.class_names)
         lines = []
         counters = [0] * self.num_classes
         for i in range(len(self)):
             c = int(hard[i])
-            name = self.class_names[c].replace("/", "_")
-            (tmp / name).mkdir(exist_ok=True)
-            rel = f"{name}/{counters[c]:05d}.png"
+            (tmp / folders[c]).mkdir(exist_ok=True)
+            rel = f"{folders[c]}/{counters[c]:05d}.png"
             counters[c] += 1
             array = pixels[i].permute(1, 2, 0).numpy()
             Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(tmp / rel)
             record: dict[str, Any] = {"file_name": rel, "label": c, "class_name": self.class_names[c]}
             if self.soft:
-                record["soft_label"] = [round(float(v), 6) for v in self.labels[i]]
+                record["soft_label"] = [float(v) for v in self.labels[i]]
             lines.append(json.dumps(record))
         (tmp / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+        (tmp / "class_to_idx.json").write_text(json.dumps({f: c for c, f in enumerate(folders)}, indent=1) + "\n")
+        (tmp / "export.json").write_text(json.dumps({"class_names": self.class_names,
+                                                     "preprocessing": self.preprocessing.describe(),
+                                                     "lr": self.lr, "meta": self.meta}, indent=1, default=str))
         return replace_dir(tmp, directory)
+
+    @classmethod
+    def from_imagefolder(cls, directory: str | Path, dataset_spec: tuple[list[str], Preprocessing] | None = None,
+                         method: str | None = None) -> SyntheticSet:
+        """Read a folder written by :meth:`to_imagefolder` (or any ``<class>/<image>`` folder whose class
+        folders sort in label order, as torchvision's ``ImageFolder`` assumes).
+
+        Args:
+            directory: the folder.
+            dataset_spec: ``(class_names, preprocessing)`` of the dataset; default: the export's ``export.json``.
+            method: method name to record (default: the exported set's).
+        """
+        import numpy as np
+        from PIL import Image
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise SynsetFormatError(f"{directory} is not a folder of class folders")
+        exported = json.loads((directory / "export.json").read_text()) if (directory / "export.json").is_file() \
+            else {}
+        if (directory / "class_to_idx.json").is_file():
+            class_to_idx = json.loads((directory / "class_to_idx.json").read_text())
+        else:
+            class_to_idx = {d.name: i for i, d in enumerate(sorted(p for p in directory.iterdir() if p.is_dir()))}
+        if dataset_spec is None:
+            if not exported or exported["preprocessing"].get("zca"):
+                raise SynsetFormatError(f"{directory} does not carry its preprocessing (no export.json, or ZCA); "
+                                        "pass the dataset it was made from (--dataset)")
+            dataset_spec = (exported["class_names"], Preprocessing.from_description(exported["preprocessing"], {}))
+        names, pre = dataset_spec
+        if len(class_to_idx) > len(names):
+            raise SynsetFormatError(f"{directory} has {len(class_to_idx)} class folders but the dataset has "
+                                    f"{len(names)} classes")
+        soft: dict[str, list[float]] = {}
+        if (directory / "metadata.jsonl").is_file():
+            for line in (directory / "metadata.jsonl").read_text().splitlines():
+                rec = json.loads(line)
+                if "soft_label" in rec:
+                    soft[rec["file_name"]] = rec["soft_label"]
+        images, labels, soft_rows = [], [], []
+        for folder, c in sorted(class_to_idx.items(), key=lambda kv: kv[1]):
+            for f in sorted((directory / folder).iterdir()):
+                if f.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
+                    continue
+                array = np.asarray(Image.open(f))
+                array = array[:, :, None] if array.ndim == 2 else array
+                images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
+                labels.append(int(c))
+                soft_rows.append(soft.get(f"{folder}/{f.name}"))
+        if not images:
+            raise SynsetFormatError(f"{directory} holds no images in class folders")
+        pixels = torch.stack(images).float() / 255.0
+        label_tensor = torch.tensor(soft_rows) if all(r is not None for r in soft_rows) else torch.tensor(labels)
+        meta = {**exported.get("meta", {}), "imported_from": str(directory)}
+        if method:
+            meta["method"] = method
+        return cls(pre.apply(pixels), label_tensor, list(names), pre, lr=exported.get("lr"), meta=meta)
 
     # ------------------------------------------------------------------------------------------- import
     @staticmethod
@@ -317,10 +387,14 @@ class SyntheticSet:
 
 def environment_meta() -> dict[str, Any]:
     """Versions and time recorded with every set and run."""
+    import os
+
     from . import __version__
 
     info = {"gendistill": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+            "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "torch_threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
     try:
         import subprocess
 

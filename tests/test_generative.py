@@ -305,6 +305,15 @@ def _finetune(tiny_train, out, steps, resume=False, every=0):
     return load_backbone(out / "model")
 
 
+def test_short_run_gets_a_checkpoint_without_shared_tensor_notices(tiny_train, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        _finetune(tiny_train, tmp_path / "c", 2, every=500)  # fewer steps than checkpoint_every
+    assert latest_checkpoint(tmp_path / "c").name == "step_00000002"
+    assert not any("Removed shared tensor" in r.getMessage() for r in caplog.records)
+
+
 def test_finetune_trains_only_the_subset_and_resumes_exactly(tiny_train, tmp_path):
     full = _finetune(tiny_train, tmp_path / "a", 4)
     start = tiny_backbone()
@@ -421,6 +430,13 @@ def test_commands_end_to_end(tmp_path, monkeypatch):
     two = SyntheticSet.load(tmp_path / "s" / "ipc2" / "synset")
     assert one.ipc == 1 and two.ipc == 2 and one.meta["method"] == "minimax"
     assert torch.equal(one.images, two.subset(1).images)
+    # sample without --dataset/--set: the model's gendistill.json supplies them; the set carries its budget
+    assert main(["--quiet", "sample", "--data-root", str(root), "--out", str(tmp_path / "s2"), "--model", ft,
+                 "--ipc", "1"]) == 0
+    again = SyntheticSet.load(tmp_path / "s2" / "ipc1" / "synset")
+    assert again.meta["dataset"] == "mnist" and again.meta["preset"] == "paper"
+    assert again.meta["reduced_budget"] and any("finetune_steps" in r for r in again.meta["budget_reductions"])
+    assert torch.equal(again.images, one.images)
     assert main(["--quiet", "finetune", *common, "--out", str(tmp_path / "x")]) == 2  # no model: one-line error
     assert main(["--quiet", "finetune", *common, "--out", str(tmp_path / "ft"), "--model", pt, *args]) == 2  # no reuse
     assert main(["--quiet", "sample", *common, "--out", str(tmp_path / "y"), "--model", str(tmp_path), *args]) == 2

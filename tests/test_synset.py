@@ -82,11 +82,12 @@ def test_export_imagefolder_denormalises(tmp_path):
     syn.images[1] = (torch.ones(1, 8, 8) - 0.1307) / 0.3081  # pixel value 255
     syn.to_imagefolder(tmp_path / "f")
     lines = (tmp_path / "f" / "metadata.jsonl").read_text().splitlines()
-    assert len(lines) == 20 and json.loads(lines[0]) == {"file_name": "c0/00000.png", "label": 0, "class_name": "c0"}
+    assert len(lines) == 20
+    assert json.loads(lines[0]) == {"file_name": "000_c0/00000.png", "label": 0, "class_name": "c0"}
     import numpy as np
 
-    assert np.asarray(Image.open(tmp_path / "f" / "c0" / "00000.png")).max() == 0
-    assert np.asarray(Image.open(tmp_path / "f" / "c0" / "00001.png")).min() == 255
+    assert np.asarray(Image.open(tmp_path / "f" / "000_c0" / "00000.png")).max() == 0
+    assert np.asarray(Image.open(tmp_path / "f" / "000_c0" / "00001.png")).min() == 255
 
 
 def test_subset_takes_first_per_class():

@@ -22,9 +22,11 @@ def add_parsers(sub: argparse._SubParsersAction, add_data_args: Callable[[argpar
              "sample": "generate IPC images per class from a DiT pipeline into synthetic sets"}
     for name in COMMANDS:
         p = sub.add_parser(name, help=helps[name])
-        p.add_argument("--dataset", required=True)
+        p.add_argument("--dataset", required=name != "sample",
+                       help="dataset (sample: default the one recorded in the model's gendistill.json)")
         p.add_argument("--out", required=True, help="output folder")
-        p.add_argument("--preset", default=None, help="minimax preset name, e.g. cpu")
+        p.add_argument("--preset", default=None,
+                       help="minimax preset name, e.g. cpu (sample: default the model's recorded preset)")
         p.add_argument("--config", default=None, help="YAML file of settings (MinimaxConfig fields)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
         p.add_argument("--seed", type=int, default=0)
@@ -48,12 +50,43 @@ def _config(args: argparse.Namespace, ipc: int):
                           overrides=overrides)
 
 
+def _provenance(args: argparse.Namespace) -> dict:
+    """What ``sample`` reads back from the model: the preset, overrides and image resolution of its training."""
+    return {"preset": args.preset, "overrides": list(args.set), "resolution": args.resolution}
+
+
 def _record(out: Path, args: argparse.Namespace, config, resume: bool) -> None:
     from ..config import config_to_dict
     from ..runs import RunDir
 
     RunDir(out, resume=resume).write_config({"command": args.command, "dataset": args.dataset, "seed": args.seed,
                                              "preset": args.preset, "config": config_to_dict(config)})
+
+
+def model_record(model: str | None) -> dict:
+    """The ``gendistill.json`` of a local model folder (empty for hub ids and folders without one)."""
+    import json
+
+    path = Path(model) / "gendistill.json" if model else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
+def _fill_sample_args(args: argparse.Namespace) -> dict:
+    """``sample`` without --dataset/--preset/--set takes the ones recorded with the model."""
+    from ..errors import ConfigError
+
+    record = model_record(args.model)
+    if args.dataset is None:
+        if not record.get("dataset"):
+            raise ConfigError("sample needs --dataset (the model records none)")
+        args.dataset = record["dataset"]
+    if args.preset is None and record.get("preset"):
+        args.preset = record["preset"]
+    if not args.set and record.get("overrides"):
+        args.set = list(record["overrides"])
+    if args.resolution is None and record.get("resolution"):
+        args.resolution = record["resolution"]
+    return record
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,12 +98,15 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.quiet
     from ..cli import dataset_options
 
+    if args.command == "sample":
+        _fill_sample_args(args)
     splits = load_dataset(args.dataset, args.data_root, download=args.download, **dataset_options(args))
     out = Path(args.out)
     if args.command == "pretrain":
         config = _config(args, 0)
         _record(out, args, config, bool(args.resume))
-        path = pretrain(splits.train, config, out, seed=args.seed, resume=bool(args.resume), progress=progress)
+        path = pretrain(splits.train, config, out, seed=args.seed, resume=bool(args.resume), progress=progress,
+                        record=_provenance(args))
         print(f"wrote {path}")
         return 0
     if args.command == "finetune":
@@ -79,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("finetune needs a model: --model DIR_OR_HUB_ID (or run `gendistill pretrain` first)")
         _record(out, args, config, bool(args.resume))
         path = finetune(load_model(config.pretrained, config), splits.train, config, out, seed=args.seed,
-                        resume=bool(args.resume), progress=progress)
+                        resume=bool(args.resume), progress=progress, record=_provenance(args))
         print(f"wrote {path}")
         return 0
     ipcs = sorted({int(v) for v in str(args.ipc).split(",") if v.strip()})
@@ -95,6 +131,12 @@ def run(args: argparse.Namespace) -> int:
     distiller = (MinimaxDistiller if backbone.info.get("stage") == "finetune" else DiTDistiller)(config)
     full = to_synset(distiller, splits.train, pixels, labels, seeds, ipcs[-1], args.seed, out)
     full.meta["model"] = config.pretrained
+    from ..pipeline import budget_reductions, resolve_config
+
+    reductions = budget_reductions(config, resolve_config("minimax", args.dataset, ipcs[-1]))
+    full.meta.update({"preset": args.preset or "paper", "overrides": list(args.set),
+                      "reduced_budget": bool(args.preset and args.preset.startswith("cpu")) or bool(reductions),
+                      "budget_reductions": reductions, "data_source": dict(splits.source)})
     for ipc in ipcs:
         part = full if ipc == ipcs[-1] else full.subset(ipc)
         part.meta["ipc"] = ipc

@@ -237,25 +237,27 @@ def _stage_finished(out: Path, resume: bool) -> bool:
 
 
 def pretrain(train: RealDataset, config: MinimaxConfig, out: str | Path, *, seed: int = 0, resume: bool = False,
-             progress: bool = True) -> Path:
-    """Train a class-conditional DiT from scratch on ``train``; returns ``out/model`` (skips a finished stage)."""
+             progress: bool = True, record: dict[str, Any] | None = None) -> Path:
+    """Train a class-conditional DiT from scratch on ``train``; returns ``out/model`` (skips a finished stage).
+    ``record`` (e.g. the preset and overrides) is stored in the model's ``gendistill.json``."""
     out = Path(out)
     if _stage_finished(out, resume):
         return out / "model"
     backbone = new_backbone(train, config, seed)
+    backbone.info.update(record or {})
     return train_backbone(backbone, train, torch.arange(train.num_classes), config.train_spec("pretrain"), out,
                           seed=seed, resume=resume, progress=progress)
 
 
 def finetune(backbone: Backbone, train: RealDataset, config: MinimaxConfig, out: str | Path, *, seed: int = 0,
-             resume: bool = False, progress: bool = True) -> Path:
+             resume: bool = False, progress: bool = True, record: dict[str, Any] | None = None) -> Path:
     """Minimax fine-tuning of ``backbone`` on ``train``; returns ``out/model`` (skips a finished stage)."""
     out = Path(out)
     if _stage_finished(out, resume):
         return out / "model"
     class_ids = resolve_class_ids(backbone, train, config.class_ids)
     backbone.info.update({"dataset": train.name, "class_names": list(train.class_names),
-                          "class_ids": class_ids.tolist()})
+                          "class_ids": class_ids.tolist(), **(record or {})})
     return train_backbone(backbone, train, class_ids, config.train_spec("finetune"), out, seed=seed, resume=resume,
                           progress=progress)
 
@@ -319,13 +321,15 @@ class MinimaxDistiller(Distiller):
 
     finetunes: ClassVar[bool] = True
 
-    def distill(self, train: RealDataset, ipc: int, *, seed: int = 0, run: Any = None) -> SyntheticSet:
+    def distill(self, train: RealDataset, ipc: int, *, seed: int = 0, run: Any = None,
+                progress: bool | None = None) -> SyntheticSet:
+        show = self.show_progress(run, progress)
         if run is None:  # no run folder: stage outputs go to a temporary folder that is removed afterwards
             import tempfile
 
             with tempfile.TemporaryDirectory(prefix="gendistill-") as tmp:
-                return self._run_stages(train, ipc, seed, Path(tmp), resume=False, progress=True, keep=False)
-        return self._run_stages(train, ipc, seed, Path(run.path), resume=run.resume, progress=run.progress)
+                return self._run_stages(train, ipc, seed, Path(tmp), resume=False, progress=show, keep=False)
+        return self._run_stages(train, ipc, seed, Path(run.path), resume=run.resume, progress=show)
 
     def _run_stages(self, train: RealDataset, ipc: int, seed: int, out: Path, *, resume: bool, progress: bool,
                     keep: bool = True) -> SyntheticSet:

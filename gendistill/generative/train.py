@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -282,6 +283,17 @@ def train_backbone(backbone: Backbone, train: RealDataset, class_ids: torch.Tens
     for p in net.parameters():
         p.requires_grad_(False)
     return target
+
+
+class _DropSharedTensorNotice(logging.Filter):
+    """accelerate warns "Removed shared tensor ..." on every save: the tied class embedders are shared on
+    purpose (one class table for every block), so the notice says nothing the user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Removed shared tensor")
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_DropSharedTensorNotice())
 
 
 def _save_checkpoint(accelerator: Any, out: Path, step: int, keep: int) -> None:

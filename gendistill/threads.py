@@ -1,0 +1,47 @@
+"""CPU thread count: ``--threads N`` > ``$GENDISTILL_THREADS`` > the default.
+
+torch's default (one intra-op thread per core, OpenMP threads that spin while waiting) collapses when another
+process shares the cores: measured on the 2-core development machine, runs became 10-25x slower. The
+measurement behind the default is in README.md ("Threads on a shared CPU").
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import ConfigError
+
+__all__ = ["apply_threads", "default_threads", "resolve_threads"]
+
+
+def default_threads() -> int:
+    """The CPU cores this process may use (``os.sched_getaffinity``), as torch's default."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_threads(requested: int | None = None) -> int:
+    """The thread count to use: ``requested`` (``--threads``), else ``$GENDISTILL_THREADS``, else the default."""
+    if requested is None and os.environ.get("GENDISTILL_THREADS"):
+        raw = os.environ["GENDISTILL_THREADS"]
+        try:
+            requested = int(raw)
+        except ValueError:
+            raise ConfigError(f"GENDISTILL_THREADS must be a positive integer, got {raw!r}") from None
+    if requested is None:
+        return default_threads()
+    if requested < 1:
+        raise ConfigError(f"--threads must be a positive integer, got {requested}")
+    return requested
+
+
+def apply_threads(requested: int | None = None) -> int:
+    """Set torch's intra-op threads (see :func:`resolve_threads`); returns the count now in effect."""
+    n = resolve_threads(requested)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
