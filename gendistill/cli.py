@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 
 from .errors import GendistillError
@@ -119,11 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+")
     p.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
 
+    p = sub.add_parser("bench", help="run a benchmark matrix (resumable) and write its leaderboard")
+    p.add_argument("spec", help="spec YAML (or the name of a packaged spec, e.g. cpu-mnist)")
+    p.add_argument("--out", required=True, help="benchmark folder (run again to do only what is missing)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--cluster", default=None, metavar="ray|ray://ADDRESS",
+                   help="run cells as Ray tasks (pip install 'gendistill[ray]')")
+
+    p = sub.add_parser("leaderboard", help="(re)write a benchmark folder's leaderboard.md/.csv and index.html")
+    p.add_argument("dir", help="a folder written by `gendistill bench`")
+
     from .generative.commands import add_parsers
 
     add_parsers(sub, _add_data_args)
 
-    p = sub.add_parser("quickstart", help="a few-minute tour: distill, evaluate, table and grids")
+    p = sub.add_parser("quickstart", help="a ~10-minute tour through bench: coresets, DM, DiT, Minimax, leaderboard")
     p.add_argument("--out", default="runs/quickstart")
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--epochs", type=int, default=None)
@@ -303,6 +314,37 @@ def _cmd_table(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from .bench.runner import run_bench
+    from .bench.spec import load_spec
+
+    spec = load_spec(args.spec)
+    start = time.perf_counter()
+    records = run_bench(spec, args.out, data_root=args.data_root, cluster=args.cluster, progress=not args.quiet)
+    counts = {s: sum(r["status"] == s for r in records) for s in ("done", "failed", "pending")}
+    print(f"{spec.name}: {counts['done']} cells done, {counts['failed']} failed, {counts['pending']} pending "
+          f"({time.perf_counter() - start:.0f} s); leaderboard: {Path(args.out) / 'index.html'}")
+    for r in records:
+        if r["status"] == "failed":
+            print(f"  failed {r['cell']}: {r['error']}")
+    return 0
+
+
+def _cmd_leaderboard(args) -> int:
+    import yaml
+
+    from .bench.runner import write_bench_leaderboard
+    from .bench.spec import parse_spec
+
+    spec_path = Path(args.dir) / "spec.yaml"
+    if not spec_path.is_file():
+        raise GendistillError(f"{args.dir} holds no spec.yaml; pass a folder written by `gendistill bench`")
+    spec = parse_spec(yaml.safe_load(spec_path.read_text()), str(spec_path))
+    paths = write_bench_leaderboard(spec, Path(args.dir))
+    print(f"wrote {', '.join(str(p) for p in paths.values() if str(p).endswith(('.md', '.csv', '.html')))}")
+    return 0
+
+
 def _cmd_generative(args) -> int:
     from .generative.commands import run
 
@@ -316,14 +358,15 @@ def _cmd_quickstart(args) -> int:
     table = quickstart(args.out, args.data_root, ipc=args.ipc, epochs=args.epochs, runs=args.runs,
                        seed=args.seed, progress=not args.quiet, methods=methods)
     print(table, end="")
-    print(f"results and grids in {args.out}/")
+    print(f"leaderboard page: {Path(args.out) / 'index.html'} (open it in a browser; grids of every set inside)")
     return 0
 
 
 COMMANDS = {"methods": _cmd_methods, "config": _cmd_config, "datasets": _cmd_datasets, "networks": _cmd_networks,
             "distill": _cmd_distill, "eval": _cmd_eval, "export": _cmd_export, "import": _cmd_import,
-            "table": _cmd_table, "pretrain": _cmd_generative, "finetune": _cmd_generative,
-            "sample": _cmd_generative, "quickstart": _cmd_quickstart}
+            "table": _cmd_table, "bench": _cmd_bench, "leaderboard": _cmd_leaderboard,
+            "pretrain": _cmd_generative, "finetune": _cmd_generative, "sample": _cmd_generative,
+            "quickstart": _cmd_quickstart}
 
 
 def _dispatch(args) -> int:

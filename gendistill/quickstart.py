@@ -1,63 +1,77 @@
-"""``gendistill quickstart``: a few-minute, download-free tour on 2 CPU cores.
+"""``gendistill quickstart``: a download-free tour on 2 CPU cores (about 10 minutes), run through ``bench``.
 
-It distills with fast methods at a small IPC, evaluates every set under its method's own protocol (``dc`` for
-the coresets, ``dsa`` for DM; epochs reduced and labelled), and writes a run folder with a markdown results
-table and a grid per set.
-MNIST is used when the data root holds it, else scikit-learn's bundled 8x8 digits.
+It benchmarks the coreset references (random, herding, k-means), DM, and the generative core - ``dit`` (a
+class-conditional DiT, no fine-tuning) and ``minimax`` (the same DiT fine-tuned with the Minimax losses) - on
+MNIST when the data root holds it, else scikit-learn's bundled 8x8 digits, at IPC 10. The DiT is pretrained
+once (``quickstart`` preset of ``minimax``) and shared by both. Every set is evaluated under its method's own
+protocol with reduced epochs (labelled), and the run ends with the leaderboard page (``index.html``): the
+table, the published figures, plots and the grid of every set.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .atomic import atomic_text
 from .data import load_dataset, resolve_data_root
 from .errors import DatasetNotFoundError
-from .methods import list_methods
-from .pipeline import distill, evaluate_run
-from .results import format_table, result_row
 
 __all__ = ["QUICKSTART_METHODS", "quickstart"]
 
-# (method, --set overrides, preset) - fast methods first; "dm" joins when the baselines package provides it.
+# (method, preset, --set overrides); the generative methods get pretrained=<shared model> added.
 QUICKSTART_METHODS = [
-    ("random", [], None),
-    ("herding", [], "cpu"),
-    ("kmeans", [], None),
-    ("dm", ["iterations=100"], "cpu"),
+    ("random", None, []),
+    ("herding", "cpu", []),
+    ("kmeans", None, []),
+    ("dm", "cpu", ["iterations=100"]),
+    ("dit", "quickstart", []),
+    ("minimax", "quickstart", []),
 ]
+GENERATIVE = ("dit", "minimax")
+
+
+def _shared_dit(dataset: str, root: Path, out: Path, progress: bool) -> Path:
+    """Pretrain the quickstart DiT once (reused by ``dit`` and ``minimax``, and by a second quickstart)."""
+    from .generative.method import pretrain
+    from .pipeline import resolve_config
+
+    splits = load_dataset(dataset, root)
+    config = resolve_config("minimax", dataset, 10, preset="quickstart")
+    folder = out / "models" / f"dit-{dataset}"
+    if (folder / "model" / "gendistill.json").is_file():
+        return folder / "model"
+    print(f"quickstart: pretraining a small DiT on {dataset} ({config.pretrain_steps} steps, shared by dit and "
+          "minimax)")
+    return pretrain(splits.train, config, folder, seed=0, resume=True, progress=progress,
+                    record={"preset": "quickstart", "overrides": []})
 
 
 def quickstart(out: str | Path = "runs/quickstart", data_root: str | None = None, ipc: int = 10,
                epochs: int | None = None, runs: int = 2, seed: int = 0, progress: bool = True,
                methods: list[str] | None = None) -> str:
-    """Run the tour and return the markdown table (also written to ``out/results.md``)."""
+    """Run the tour through :func:`gendistill.bench.runner.run_bench`; returns the leaderboard markdown."""
+    from .bench.runner import run_bench
+    from .bench.spec import parse_spec
+
     root = resolve_data_root(data_root)
     try:
-        splits = load_dataset("mnist", root)
+        load_dataset("mnist", root)
         dataset, default_epochs = "mnist", 40
     except DatasetNotFoundError:
-        splits = load_dataset("digits", root)
         dataset, default_epochs = "digits", 100
-    epochs = epochs or default_epochs
     out = Path(out)
-    available = set(list_methods())
-    chosen = [m for m in QUICKSTART_METHODS if m[0] in available and (methods is None or m[0] in methods)]
-    print(f"quickstart: {dataset} ({len(splits.train)} train / {len(splits.test)} test images), ipc {ipc}, "
-          f"methods {', '.join(m[0] for m in chosen)}; eval: each method's own protocol reduced to {epochs} epochs "
-          f"x {runs} runs")
-    rows = []
-    for name, overrides, preset in chosen:
-        run_dir = out / name
-        synset = distill(name, splits, ipc, run_dir, seed=seed, preset=preset, overrides=overrides,
-                         progress=progress, checkpoint_every=0)
-        result = evaluate_run(synset, splits, run_dir, protocol=None, epochs=epochs, runs=runs, seed=seed,
-                              progress=progress)
-        rows.append(result_row(result.to_dict(), name))
-        print(f"  {name:8s} {result.summary()}  grid: {run_dir / 'synset' / 'grid.png'}")
-    table = format_table(rows)
-    header = (f"# gendistill quickstart\n\nDataset: {dataset}, IPC {ipc}, seed {seed}. Evaluation: ConvNet-3, "
-              f"each method's own protocol reduced to {epochs} epochs, {runs} runs, final-epoch test accuracy "
-              "(reduced budget: not comparable to published figures).\n\n")
-    atomic_text(out / "results.md", header + table)
+    chosen = [m for m in QUICKSTART_METHODS if methods is None or m[0] in methods]
+    entries = []
+    model = None
+    for name, preset, overrides in chosen:
+        if name in GENERATIVE:
+            model = model or _shared_dit(dataset, root, out, progress)
+            overrides = [*overrides, f"pretrained={model.resolve()}"]
+        entries.append({"name": name, "preset": preset, "set": overrides} if preset or overrides else name)
+    epochs = epochs or default_epochs
+    print(f"quickstart: {dataset}, ipc {ipc}, methods {', '.join(m[0] for m in chosen)}; each evaluated under "
+          f"its own protocol reduced to {epochs} epochs x {runs} runs")
+    spec = parse_spec({"name": f"quickstart ({dataset}, ipc {ipc})", "methods": entries, "datasets": [dataset],
+                       "ipc": [ipc], "distill_seeds": [seed], "runs": runs, "epochs": epochs}, "quickstart")
+    run_bench(spec, out, data_root=str(root), progress=progress)
+    table = (out / "leaderboard.md").read_text()
     return table

@@ -84,11 +84,13 @@ def test_import_command(tmp_path, data_env, capsys):
 def test_quickstart_end_to_end(tmp_path, data_env, capsys):
     out = run_ok(["quickstart", "--out", str(tmp_path / "q"), "--ipc", "2", "--epochs", "1", "--runs", "1",
                   "--methods", "random,herding,kmeans"], capsys)
-    assert "| random |" in out and "| herding |" in out
-    report = (tmp_path / "q" / "results.md").read_text()
+    assert "random" in out and "herding" in out and "index.html" in out
+    report = (tmp_path / "q" / "leaderboard.md").read_text()
     assert "reduced" in report and "mnist" in report
-    for m in ("random", "herding", "kmeans"):
-        assert (tmp_path / "q" / m / "synset" / "grid.png").is_file()
+    cells = json.loads((tmp_path / "q" / "cells.json").read_text())
+    assert {c["method"] for c in cells} == {"random", "herding", "kmeans"}
+    assert all(c["status"] == "done" and (tmp_path / "q" / c["grid"]).is_file() for c in cells)
+    assert {c["result"]["protocol"]["name"] for c in cells} == {"dc"}  # the coresets' own protocol
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -109,7 +109,7 @@ def test_wheel_ships_the_presets(tmp_path):
         assert Path(gendistill.__file__).resolve().is_relative_to(site), gendistill.__file__
         assert resolve_config("dm", "mnist", 10).iterations == 20000
         assert preset_file("cafe", "mnist", 10, "cpu").resolve().is_relative_to(site)
-        assert resolve_config("cafe", "mnist", 10, preset="cpu").iterations == 6
+        assert resolve_config("cafe", "mnist", 10, preset="cpu").iterations == 4
         print("ok")
     """)
     run = subprocess.run([sys.executable, "-c", check], env={**env, "PYTHONPATH": str(site)}, cwd=elsewhere,

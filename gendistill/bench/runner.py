@@ -1,0 +1,281 @@
+"""The benchmark runner: every cell of a :class:`~gendistill.bench.spec.BenchSpec` as a normal run folder.
+
+Layout of ``--out DIR``::
+
+    spec.yaml                       the resolved spec of the last invocation
+    runs/<distill id>/              a normal run folder (config.yaml, checkpoint.pt, synset/, ...)
+    runs/<distill id>/eval/<protocol>__<net>.json   one evaluation cell (an EvalResult record)
+    runs/<distill id>/failed.json   the one-line error of a failed distillation (cleared when it succeeds)
+    runs/<distill id>/eval/<...>.failed.json        the one-line error of a failed evaluation
+    cells.json                      every cell's status, result and cost (what the leaderboard reads)
+    leaderboard.md / .csv, index.html, plots/
+
+Running the same spec again does only what is missing: finished sets and evaluations are reused, unfinished
+distillations resume from their checkpoints, failed cells are retried. Every file is written atomically, so a
+kill at any point loses at most the work since the last checkpoint. A failed cell is recorded with its one-line
+error and does not stop the others.
+
+Dispatch: sequential by default; ``cluster="ray"`` (or ``"ray://ADDRESS"``) runs each distillation cell with its
+evaluations as a Ray task asking for ``cpus_per_cell`` / ``gpus_per_cell``, on one machine or a cluster whose
+workers share the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_json
+from ..errors import ConfigError, GendistillError
+from .spec import BenchSpec, DistillCell, EvalCell, parse_spec
+
+__all__ = ["collect_cells", "robust_scores", "run_bench", "run_distill_cell"]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, GendistillError) else text
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def run_distill_cell(spec_dict: dict[str, Any], cell_index: int, out: str, data_root: str | None = None,
+                     progress: bool = False) -> str:
+    """Distill one cell (or reuse its set) and run its missing evaluations; returns the cell id.
+
+    Takes plain arguments so that it can run as a Ray task on another worker.
+    """
+    from ..data import load_dataset
+    from ..pipeline import distill
+    from ..synset import SyntheticSet
+
+    spec = parse_spec(spec_dict)
+    cell = spec.distill_cells()[cell_index]
+    run_dir = Path(out) / "runs" / cell.id
+    failed = run_dir / "failed.json"
+    options = {"resolution": spec.resolution} if spec.resolution else {}
+    try:
+        splits = load_dataset(cell.dataset, data_root, **options)
+        if (run_dir / "synset" / "synset.json").is_file():
+            synset = SyntheticSet.load(run_dir / "synset")
+        else:
+            start = time.perf_counter()
+            overrides = list(cell.method.set)
+            if spec.device != "cpu" and not any(o.startswith("device=") for o in overrides):
+                overrides.append(f"device={spec.device}")
+            synset = distill(cell.method.name, splits, cell.ipc, run_dir, seed=cell.seed, preset=cell.method.preset,
+                             overrides=overrides, resume=run_dir.exists(), progress=progress,
+                             checkpoint_every=spec.checkpoint_every, overwrite=False)
+            atomic_json(run_dir / "cost.json", {"distill_wall_s": time.perf_counter() - start,
+                                                "distill_peak_rss_mb": _peak_rss_mb(),
+                                                "device": _device_name(spec.device)})
+        failed.unlink(missing_ok=True)
+    except Exception as exc:  # a failed cell is recorded and does not stop the others
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_json(failed, {"error": _one_line(exc), "traceback": traceback.format_exc()})
+        return cell.id
+    for ecell in spec.eval_cells(cell):
+        _run_eval_cell(spec, ecell, synset, splits, run_dir, progress)
+    return cell.id
+
+
+def _run_eval_cell(spec: BenchSpec, ecell: EvalCell, synset: Any, splits: Any, run_dir: Path,
+                   progress: bool) -> None:
+    from ..evaluation import evaluate
+
+    target = run_dir / "eval" / ecell.file_name
+    failed = target.with_suffix(".failed.json")
+    if target.is_file():
+        return
+    try:
+        result = evaluate(synset, splits.test, ecell.protocol, model=ecell.model, runs=spec.runs,
+                          epochs=spec.epochs, seed=ecell.distill.seed, device=spec.device, progress=progress,
+                          test_subset=spec.test_subset)
+        record = result.to_dict()
+        record["device"] = _device_name(spec.device)
+        atomic_json(target, record)
+        failed.unlink(missing_ok=True)
+    except Exception as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        atomic_json(failed, {"error": _one_line(exc), "traceback": traceback.format_exc()})
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (json.JSONDecodeError, OSError):
+        return None
+
+
+def collect_cells(spec: BenchSpec, out: str | Path) -> list[dict[str, Any]]:
+    """The status, result and cost of every evaluation cell of ``spec`` under ``out`` (leaderboard input)."""
+    out = Path(out)
+    cells = []
+    for dcell in spec.distill_cells():
+        run_dir = out / "runs" / dcell.id
+        dfail = _read(run_dir / "failed.json")
+        meta = (_read(run_dir / "synset" / "synset.json") or {}).get("meta", {})
+        cost = _read(run_dir / "cost.json") or {}
+        grid = run_dir / "synset" / "grid.png"
+        for ecell in spec.eval_cells(dcell):
+            target = run_dir / "eval" / ecell.file_name
+            result = _read(target)
+            efail = _read(target.with_suffix(".failed.json"))
+            if result is not None:
+                status, error = "done", None
+            elif dfail or efail:
+                status, error = "failed", (dfail or efail)["error"]
+            else:
+                status, error = "pending", None
+            cells.append({
+                "cell": ecell.id, "method": dcell.method.name, "preset": dcell.method.preset,
+                "overrides": list(dcell.method.set), "dataset": dcell.dataset, "ipc": dcell.ipc,
+                "distill_seed": dcell.seed, "protocol": ecell.protocol, "eval_model": ecell.model,
+                "status": status, "error": error, "result": result,
+                "distill_time_s": meta.get("distill_time_s"),
+                "eval_time_s": result.get("wall_time_s") if result else None,
+                "peak_memory_mb": max(filter(None, [cost.get("distill_peak_rss_mb"),
+                                                    result.get("peak_memory_mb") if result else None]), default=None),
+                "device": (result or {}).get("device") or cost.get("device"),
+                "flops": meta.get("flops_per_iteration"),
+                "grid": str(grid.relative_to(out)) if grid.is_file() else None,
+                "quality": meta.get("quality"),
+                "run_dir": str(run_dir.relative_to(out)),
+            })
+    return cells
+
+
+def _fraction(result: dict[str, Any]) -> float:
+    return float(result["mean"]) / 100.0
+
+
+def robust_scores(cells: list[dict[str, Any]], full_accuracy: Any = None) -> list[dict[str, Any]]:
+    """DD-Ranking's scores per (method, dataset, IPC, protocol, network) from the done cells (fractions).
+
+    IOR uses the ``random`` cells of the same dataset, IPC, protocol and network; HLR the full-dataset accuracy
+    from ``full_accuracy(dataset, network)`` (percent, e.g. the published table); ARS pairs a protocol with
+    augmentation and one without when both were run.
+    """
+    from .robust import augmentation_robust_score, label_robust_score
+
+    done = [c for c in cells if c["status"] == "done"]
+
+    def mean_of(method: str, dataset: str, ipc: int, protocol: str, net: str) -> float | None:
+        accs = [_fraction(c["result"]) for c in done if (c["method"], c["dataset"], c["ipc"], c["protocol"],
+                                                          c["eval_model"]) == (method, dataset, ipc, protocol, net)]
+        return sum(accs) / len(accs) if accs else None
+
+    def augmented(protocol_record: dict[str, Any]) -> bool:
+        return bool(protocol_record.get("dsa_strategy") or protocol_record.get("dc_aug")
+                    or protocol_record.get("cutmix_prob"))
+
+    rows = []
+    keys = sorted({(c["method"], c["dataset"], c["ipc"], c["protocol"], c["eval_model"]) for c in done
+                   if c["method"] != "random"})
+    for method, dataset, ipc, protocol, net in keys:
+        syn = mean_of(method, dataset, ipc, protocol, net)
+        rnd = mean_of("random", dataset, ipc, protocol, net)
+        full = full_accuracy(dataset, net) if full_accuracy else None
+        row = {"method": method, "dataset": dataset, "ipc": ipc, "protocol": protocol, "eval_model": net,
+               "hlr": None, "ior": None, "lrs": None, "ars": None}
+        if rnd is not None:
+            row["ior"] = syn - rnd
+        if rnd is not None and full is not None:
+            row.update({k: v for k, v in label_robust_score(full / 100.0, syn, syn, rnd).items()
+                        if k in ("hlr", "ior", "lrs")})
+        proto = next(c["result"]["protocol"] for c in done if (c["method"], c["dataset"], c["ipc"], c["protocol"],
+                                                                c["eval_model"]) == (method, dataset, ipc, protocol,
+                                                                                     net))
+        if augmented(proto):
+            partners = {c["protocol"] for c in done if (c["method"], c["dataset"], c["ipc"], c["eval_model"]) ==
+                        (method, dataset, ipc, net) and not augmented(c["result"]["protocol"])}
+            for other in sorted(partners):
+                syn_no, rnd_no = mean_of(method, dataset, ipc, other, net), mean_of("random", dataset, ipc, other, net)
+                if rnd is not None and rnd_no is not None and syn_no is not None:
+                    row["ars"] = augmentation_robust_score(syn, syn_no, rnd, rnd_no)["ars"]
+                    break
+        rows.append(row)
+    return rows
+
+
+def _dispatch_ray(spec: BenchSpec, out: Path, data_root: str | None, cluster: str, indices: list[int]) -> None:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError("--cluster ray needs Ray: pip install 'gendistill[ray]'") from exc
+    address = None if cluster == "ray" else cluster
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        task = ray.remote(run_distill_cell).options(num_cpus=spec.cpus_per_cell, num_gpus=spec.gpus_per_cell)
+        refs = [task.remote(spec.to_dict(), i, str(out.resolve()), data_root, False) for i in indices]
+        ray.get(refs)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_bench(spec: BenchSpec, out: str | Path, *, data_root: str | None = None, cluster: str | None = None,
+              progress: bool = True, leaderboard: bool = True) -> list[dict[str, Any]]:
+    """Run every missing cell of ``spec`` into ``out`` and write ``cells.json`` and the leaderboard."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    from ..atomic import atomic_text
+
+    atomic_text(out / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    cells = spec.distill_cells()
+    missing = [i for i, c in enumerate(cells) if _missing(spec, out, c)]
+    if cluster:
+        _dispatch_ray(spec, out, data_root, cluster, missing)
+    else:
+        for i in tqdm(missing, desc=f"bench {spec.name}", unit="cell", disable=not progress):
+            run_distill_cell(spec.to_dict(), i, str(out), data_root, progress)
+    records = collect_cells(spec, out)
+    atomic_json(out / "cells.json", records)
+    if leaderboard:
+        write_bench_leaderboard(spec, out, records)
+    return records
+
+
+def _missing(spec: BenchSpec, out: Path, cell: DistillCell) -> bool:
+    run_dir = out / "runs" / cell.id
+    if not (run_dir / "synset" / "synset.json").is_file():
+        return True
+    return any(not (run_dir / "eval" / e.file_name).is_file() for e in spec.eval_cells(cell))
+
+
+def write_bench_leaderboard(spec: BenchSpec, out: Path, records: list[dict[str, Any]] | None = None) -> dict:
+    """The leaderboard page, tables and plots of a benchmark folder (published figures and robust scores)."""
+    from .leaderboard import write_leaderboard
+    from .published import load_published
+
+    records = records if records is not None else collect_cells(spec, out)
+    table = load_published()
+
+    def published(method: str, dataset: str, ipc: int, network: str, protocol: str):
+        return table.lookup(method, dataset, ipc, network, protocol)
+
+    robust = robust_scores(records, table.full)
+    return write_leaderboard(records, out, published=published, robust=robust, title=f"gendistill: {spec.name}")

@@ -1,0 +1,218 @@
+"""Benchmark specs: a YAML matrix of methods x datasets x IPC x distillation seeds x protocols x evaluation nets.
+
+```yaml
+name: cpu-mnist
+methods: [random, herding, {name: dm, preset: cpu, set: [iterations=100]}]
+datasets: [mnist]
+ipc: [1, 10]
+distill_seeds: 1          # seeds 0..n-1 (or a list of seeds)
+protocols: [dc]           # default: each method's own protocol
+eval_models: [convnet]    # cross-architecture: convnet, resnet_ap10, resnet18, vgg11, alexnet, timm:<name>
+runs: 3
+epochs: 300               # optional; fewer than the protocol's marks the cells reduced
+```
+
+Lists expand into the matrix; unknown keys, methods, datasets, protocols or networks are refused in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+from ..config import read_yaml
+from ..errors import ConfigError
+
+__all__ = ["BenchSpec", "DistillCell", "EvalCell", "MethodEntry", "load_spec", "parse_spec"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodEntry:
+    """A method with its preset and ``--set`` overrides."""
+
+    name: str
+    preset: str | None = None
+    set: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """A folder-safe label: ``dm``, ``dm-cpu``, ``dm-cpu-iterations100``."""
+        parts = [self.name] + ([self.preset] if self.preset else [])
+        parts += [re.sub(r"[^A-Za-z0-9.]+", "", o) for o in self.set]
+        return "-".join(parts)
+
+
+@dataclasses.dataclass
+class BenchSpec:
+    """A benchmark matrix (see the module docstring).
+
+    Attributes:
+        methods: method entries (a name or ``{name, preset, set}``).
+        datasets: dataset names.
+        ipc: images per class.
+        distill_seeds: number of seeded distillations (seeds 0..n-1) or an explicit list.
+        protocols: evaluation protocols (empty = each method's own protocol).
+        eval_models: evaluation networks.
+        runs: evaluation networks trained per cell.
+        epochs: evaluation epochs (None = the protocol's; fewer marks the cells reduced).
+        test_subset: test on a class-balanced subset of this many images (reduced, labelled).
+        name: the benchmark's name (page title).
+        resolution: image size for folder datasets.
+        cpus_per_cell: CPUs a cell asks Ray for.
+        gpus_per_cell: GPUs a cell asks Ray for.
+        device: where cells run (``cpu``, ``cuda``).
+        checkpoint_every: distillation iterations between checkpoints.
+    """
+
+    methods: list[MethodEntry]
+    datasets: list[str]
+    ipc: list[int]
+    distill_seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
+    protocols: list[str] = dataclasses.field(default_factory=list)
+    eval_models: list[str] = dataclasses.field(default_factory=lambda: ["convnet"])
+    runs: int = 5
+    epochs: int | None = None
+    test_subset: int | None = None
+    name: str = "benchmark"
+    resolution: int | None = None
+    cpus_per_cell: float = 1.0
+    gpus_per_cell: float = 0.0
+    device: str = "cpu"
+    checkpoint_every: int = 100
+
+    def distill_cells(self) -> list[DistillCell]:
+        """One cell per (method entry, dataset, IPC, distillation seed)."""
+        return [DistillCell(m, d, k, s) for d in self.datasets for k in self.ipc for m in self.methods
+                for s in self.distill_seeds]
+
+    def eval_cells(self, cell: DistillCell) -> list[EvalCell]:
+        """The evaluation cells of one distillation: protocols x evaluation networks."""
+        from ..methods import get_method
+
+        protocols = self.protocols or [get_method(cell.method.name).default_eval]
+        return [EvalCell(cell, p, net) for p in protocols for net in self.eval_models]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["methods"] = [{"name": m.name, "preset": m.preset, "set": list(m.set)} for m in self.methods]
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillCell:
+    """One synthetic set of the matrix; its run folder is ``runs/<id>/``."""
+
+    method: MethodEntry
+    dataset: str
+    ipc: int
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.method.label}_{self.dataset}_ipc{self.ipc}_s{self.seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalCell:
+    """One evaluation of a synthetic set; its result is ``runs/<distill id>/eval/<protocol>__<net>.json``."""
+
+    distill: DistillCell
+    protocol: str
+    model: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.distill.id}__{self.protocol}__{self.model.replace(':', '-').replace('/', '-')}"
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.protocol}__{self.model.replace(':', '-').replace('/', '-')}.json"
+
+
+_LIST_KEYS = ("methods", "datasets", "ipc", "protocols", "eval_models")
+
+
+def _method_entry(item: Any) -> MethodEntry:
+    if isinstance(item, str):
+        return MethodEntry(item)
+    if not isinstance(item, dict) or "name" not in item:
+        raise ConfigError(f"a method entry must be a name or {{name, preset, set}}, got {item!r}")
+    unknown = sorted(set(item) - {"name", "preset", "set"})
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in method entry {item['name']!r}; use name, preset, set")
+    overrides = item.get("set") or []
+    if isinstance(overrides, dict):
+        overrides = [f"{k}={v}" for k, v in overrides.items()]
+    return MethodEntry(str(item["name"]), item.get("preset"), tuple(str(o) for o in overrides))
+
+
+def _check_network(name: str) -> None:
+    if name.lower().startswith("timm:"):
+        return
+    from ..nets import _CONVNET_RE, list_networks
+
+    if _CONVNET_RE.match(name.lower()) is None and name.lower() not in list_networks():
+        raise ConfigError(f"unknown evaluation network {name!r} in the spec; see `gendistill networks`")
+
+
+def parse_spec(data: dict[str, Any], source: str = "spec") -> BenchSpec:
+    """Validate a spec mapping: unknown keys, methods, datasets, protocols and networks are one-line errors."""
+    from ..data import list_datasets
+    from ..evaluation import CUSTOM_EVALUATORS, PROTOCOL_ALIASES, PROTOCOLS
+    from ..methods import list_methods
+
+    fields = {f.name for f in dataclasses.fields(BenchSpec)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in {source}; valid keys: {', '.join(sorted(fields))}")
+    for key in ("methods", "datasets", "ipc"):
+        if not data.get(key):
+            raise ConfigError(f"{source} needs a non-empty {key!r} list")
+    values = dict(data)
+    for key in _LIST_KEYS:
+        if key in values and not isinstance(values[key], list):
+            values[key] = [values[key]]
+    values["methods"] = [_method_entry(m) for m in values["methods"]]
+    seeds = values.get("distill_seeds", 1)
+    values["distill_seeds"] = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
+    methods = set(list_methods())  # also registers the method packages' evaluators
+    for m in values["methods"]:
+        if m.name not in methods:
+            raise ConfigError(f"unknown method {m.name!r} in {source}; available: {', '.join(sorted(methods))}")
+    for d in values["datasets"]:
+        if d not in list_datasets():
+            raise ConfigError(f"unknown dataset {d!r} in {source}; available: {', '.join(list_datasets())}")
+    for p in values.get("protocols") or []:
+        if p not in PROTOCOLS and p not in CUSTOM_EVALUATORS and p not in PROTOCOL_ALIASES:
+            raise ConfigError(f"unknown protocol {p!r} in {source}; use one of "
+                              f"{', '.join([*PROTOCOLS, *CUSTOM_EVALUATORS])}")
+    for net in values.get("eval_models") or ["convnet"]:
+        _check_network(str(net))
+    if any(not isinstance(k, int) or k < 1 for k in values["ipc"]):
+        raise ConfigError(f"ipc values in {source} must be positive integers")
+    if int(values.get("runs", 5)) < 1:
+        raise ConfigError(f"runs in {source} must be at least 1")
+    try:
+        spec = BenchSpec(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    from ..pipeline import preset_file
+
+    for m in spec.methods:  # a missing preset fails now, not halfway through the matrix
+        if m.preset:
+            for d in spec.datasets:
+                for k in spec.ipc:
+                    preset_file(m.name, d, k, m.preset)
+    return spec
+
+
+def load_spec(path: str | Path) -> BenchSpec:
+    """Read and validate a spec YAML (a name without a path looks in the packaged ``configs/bench/``)."""
+    p = Path(path)
+    if not p.is_file() and not p.suffix:
+        packaged = Path(__file__).resolve().parents[1] / "configs" / "bench" / f"{p.name}.yaml"
+        if packaged.is_file():
+            p = packaged
+    return parse_spec(read_yaml(p), str(p))

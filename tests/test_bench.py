@@ -1,0 +1,168 @@
+"""``gendistill bench``: spec validation, a small matrix end to end, resume after a kill, failed cells, Ray."""
+
+import json
+
+import pytest
+import yaml
+
+from gendistill.bench import runner
+from gendistill.bench.runner import collect_cells, robust_scores, run_bench
+from gendistill.bench.spec import load_spec, parse_spec
+from gendistill.cli import main
+from gendistill.errors import ConfigError
+
+TINY_DM = {"name": "dm", "set": ["iterations=2", "batch_real=4", "model=convnet_w8"]}
+
+
+def small_spec(**extra):
+    data = {"name": "tiny", "methods": ["random", TINY_DM, {"name": "dc", "set": ["iterations=1"]}],
+            "datasets": ["mnist"], "ipc": [1], "protocols": ["dc"], "eval_models": ["convnet_w8"], "runs": 1,
+            "epochs": 1, **extra}
+    return parse_spec(data)
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"bogus": 1}, "unknown key 'bogus'"),
+    ({"methods": ["nope"]}, "unknown method 'nope'"),
+    ({"datasets": ["imagenet1k"]}, "unknown dataset 'imagenet1k'"),
+    ({"protocols": ["fancy"]}, "unknown protocol 'fancy'"),
+    ({"eval_models": ["resnet999"]}, "unknown evaluation network"),
+    ({"methods": [{"name": "dm", "preset": "nope"}]}, "no preset 'nope'"),
+    ({"methods": [{"name": "dm", "sett": []}]}, "unknown key 'sett'"),
+    ({"ipc": [0]}, "positive integers"),
+    ({"ipc": []}, "non-empty 'ipc'"),
+])
+def test_spec_validation_is_one_line(change, needle):
+    base = {"methods": ["random"], "datasets": ["mnist"], "ipc": [1]}
+    with pytest.raises(ConfigError, match=needle) as info:
+        parse_spec({**base, **change})
+    assert "\n" not in str(info.value)
+
+
+def test_spec_expands_the_matrix_and_defaults_to_each_methods_protocol():
+    spec = parse_spec({"methods": ["random", {"name": "dm", "preset": "cpu"}], "datasets": ["mnist"], "ipc": [1, 10],
+                       "distill_seeds": 2, "eval_models": ["convnet", "lenet"]})
+    cells = spec.distill_cells()
+    assert len(cells) == 2 * 2 * 2 and len({c.id for c in cells}) == 8
+    dm = next(c for c in cells if c.method.name == "dm")
+    assert {e.protocol for e in spec.eval_cells(dm)} == {"dsa"} and len(spec.eval_cells(dm)) == 2
+    rnd = next(c for c in cells if c.method.name == "random")
+    assert {e.protocol for e in spec.eval_cells(rnd)} == {"dc"}
+    assert load_spec("cpu-mnist").name == "cpu-mnist"  # the packaged specs load
+    for name in ("paper-mnist", "paper-fashion_mnist", "paper-cifar10"):
+        assert len(load_spec(name).distill_cells()) >= 27
+
+
+def test_small_matrix_end_to_end_with_a_failed_cell(tmp_path, mnist_root, capsys):
+    spec_path = tmp_path / "spec.yaml"
+    spec = small_spec(ipc=[1, 3])  # dc has no reference loops for ipc 3: that cell fails in one line
+    spec_path.write_text(yaml.safe_dump({**spec.to_dict(), "distill_seeds": 1}))
+    out = tmp_path / "bench"
+    assert main(["--quiet", "bench", str(spec_path), "--out", str(out), "--data-root", str(mnist_root)]) == 0
+    text = capsys.readouterr().out
+    cells = json.loads((out / "cells.json").read_text())
+    assert len(cells) == 6
+    failed = [c for c in cells if c["status"] == "failed"]
+    assert [c["cell"] for c in failed] == ["dc-iterations1_mnist_ipc3_s0__dc__convnet_w8"]
+    assert "reference defines loops only" in failed[0]["error"] and "failed dc-iterations1" in text
+    assert all(c["status"] == "done" for c in cells if c not in failed)
+    done = next(c for c in cells if c["method"] == "dm" and c["ipc"] == 1)
+    assert done["result"]["protocol"]["name"] == "dc" and done["distill_time_s"] > 0 and done["grid"]
+    for name in ("leaderboard.md", "leaderboard.csv", "index.html"):
+        assert (out / name).is_file()
+    html = (out / "index.html").read_text()
+    assert all(f'data-cell="{c["cell"]}"' in html for c in cells)
+    # every cell is a normal run folder: eval and export accept it
+    assert main(["--quiet", "eval", "--synset", str(out / "runs" / "dm-iterations2-batchreal4-modelconvnetw8_mnist"
+                                                  "_ipc1_s0"), "--runs", "1", "--epochs", "1", "--model", "convnet_w8",
+                 "--data-root", str(mnist_root)]) == 0
+    assert main(["--quiet", "leaderboard", str(out)]) == 0
+
+
+def test_kill_mid_matrix_then_rerun_does_only_what_is_missing(tmp_path, mnist_root, monkeypatch):
+    spec = small_spec(methods=["random", TINY_DM, "kmeans"])
+    out = tmp_path / "bench"
+    original = runner.run_distill_cell
+    calls = []
+
+    def dies_on_second(spec_dict, index, *args, **kwargs):
+        calls.append(index)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed while the second cell runs
+        return original(spec_dict, index, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_distill_cell", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(spec, out, data_root=str(mnist_root), progress=False)
+    monkeypatch.setattr(runner, "run_distill_cell", original)
+    distilled = []
+    from gendistill import pipeline
+
+    real_distill = pipeline.distill
+
+    def counting(method, *args, **kwargs):
+        distilled.append(method)
+        return real_distill(method, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "distill", counting)
+    records = run_bench(spec, out, data_root=str(mnist_root), progress=False)
+    assert distilled == ["dm", "kmeans"]  # the finished random cell was reused
+    assert all(r["status"] == "done" for r in records)
+    distilled.clear()
+    run_bench(spec, out, data_root=str(mnist_root), progress=False)
+    assert distilled == []  # a third run has nothing to do
+
+
+def test_robust_scores_from_cells():
+    def cell(method, protocol, mean, dsa=True):
+        proto = {"name": protocol, "dsa_strategy": "crop" if dsa else "", "dc_aug": ""}
+        return {"method": method, "dataset": "cifar10", "ipc": 10, "protocol": protocol, "eval_model": "convnet",
+                "status": "done", "result": {"mean": mean, "protocol": proto}}
+
+    cells = [cell("dm", "dsa", 50.0), cell("random", "dsa", 30.0), cell("dm", "dc", 45.0, dsa=False),
+             cell("random", "dc", 25.0, dsa=False)]
+    rows = robust_scores(cells, lambda dataset, net: 85.0)
+    dsa_row = next(r for r in rows if r["protocol"] == "dsa")
+    assert dsa_row["ior"] == pytest.approx(0.20) and dsa_row["hlr"] == pytest.approx(0.35)
+    import math
+
+    alpha = 0.5 * 0.20 - 0.5 * 0.35
+    assert dsa_row["lrs"] == pytest.approx((math.exp(alpha) - math.exp(-1)) / (math.e - math.exp(-1)))
+    beta = 0.5 * (0.50 - 0.30) + 0.5 * (0.45 - 0.25)
+    assert dsa_row["ars"] == pytest.approx((math.exp(beta) - math.exp(-1)) / (math.e - math.exp(-1)))
+
+
+def test_ray_dispatch_on_a_local_instance(tmp_path, mnist_root):
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'gendistill[ray]')")
+    spec = small_spec(methods=["random", TINY_DM])
+    out = tmp_path / "bench"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        records = run_bench(spec, out, data_root=str(mnist_root), cluster="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert [r["status"] for r in records] == ["done", "done"]
+    assert collect_cells(spec, out) == records
+
+
+def test_quickstart_runs_the_generative_core_on_one_shared_dit(tmp_path, mnist_root, monkeypatch, capsys):
+    tiny = ("arch: custom-D2-W16-H2/4\nspace: pixel\nprediction: v_prediction\npretrain_steps: 2\n"
+            "pretrain_batch_size: 8\nfinetune_steps: 2\nbatch_size: 4\nsample_steps: 3\ncheckpoint_every: 0\n"
+            "log_every: 1\n")
+    for method in ("minimax", "dit"):
+        (tmp_path / "cfg" / method).mkdir(parents=True)
+        (tmp_path / "cfg" / method / "quickstart.yaml").write_text(tiny)
+    monkeypatch.setenv("GENDISTILL_CONFIGS", str(tmp_path / "cfg"))
+    monkeypatch.setenv("GENDISTILL_DATA", str(mnist_root))
+    out = tmp_path / "q"
+    assert main(["--quiet", "quickstart", "--out", str(out), "--ipc", "1", "--epochs", "1", "--runs", "1",
+                 "--methods", "dit,minimax"]) == 0
+    assert "index.html" in capsys.readouterr().out
+    model = out / "models" / "dit-mnist" / "model"
+    assert (model / "gendistill.json").is_file()
+    cells = json.loads((out / "cells.json").read_text())
+    assert {c["method"]: c["status"] for c in cells} == {"dit": "done", "minimax": "done"}
+    for c in cells:
+        meta = json.loads((out / c["run_dir"] / "synset" / "synset.json").read_text())["meta"]
+        assert meta["config"]["pretrained"] == str(model.resolve())
+    assert "minimax" in (out / "index.html").read_text()
