@@ -45,7 +45,8 @@ ROBUST_NOTE = ("Robust scores use the DD-Ranking definitions, computed from fina
                "fractions, not percent (0.050 = 5 accuracy points), shown with 3 decimals. HLR: hard-label "
                "recovery (lower is better); IOR: improvement over random (higher is better); LRS: label-robust "
                "score; ARS: augmentation-robust score (— when not computed).")
-_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.8em 0;
+_CSS = """.scroll{overflow-x:auto}
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.8em 0;
 font-size:13px}th,td{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#eef;cursor:pointer;
 user-select:none}th.asc::after{content:" \\25B2"}th.desc::after{content:" \\25BC"}tr.failed{background:#fdd}
 tr.pending{background:#ffd}.note{max-width:70em;color:#444}img{max-width:100%;border:1px solid #ddd}
@@ -309,7 +310,8 @@ def _html_table(tid: str, headers: list[str], rows: list[list[str]], attrs: list
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join(f"<tr{attrs[i] if attrs else ''}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r)
                    + "</tr>\n" for i, r in enumerate(rows))
-    return f'<table id="{tid}" class="sortable"><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>'
+    return (f'<div class="scroll"><table id="{tid}" class="sortable"><thead><tr>{head}</tr></thead><tbody>\n{body}'
+            '</tbody></table></div>')
 
 
 def _img(path: Path, alt: str) -> str:

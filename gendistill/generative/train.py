@@ -290,7 +290,7 @@ class _DropSharedTensorNotice(logging.Filter):
     purpose (one class table for every block), so the notice says nothing the user can act on."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Removed shared tensor")
+        return "Removed shared tensor" not in record.getMessage()
 
 
 logging.getLogger("accelerate.utils.other").addFilter(_DropSharedTensorNotice())
