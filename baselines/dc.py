@@ -104,6 +104,11 @@ class GradientMatching(PixelDistiller):
             return self.config.outer_loop, self.config.inner_loop
         return get_loops(ipc)
 
+    def effective_budget(self, train: RealDataset, ipc: int) -> dict[str, float]:
+        """Budget as it runs: the reference loops when ``outer_loop``/``inner_loop`` are 0."""
+        outer, inner = self._loops(ipc)
+        return {"outer_loop": outer, "inner_loop": inner}
+
     def init_state(self, train: RealDataset, ipc: int, generator: torch.Generator, seed: int) -> dict[str, Any]:
         self._loops(ipc)  # fail early for an IPC without reference loops
         return super().init_state(train, ipc, generator, seed)

@@ -147,6 +147,10 @@ class DatasetDistillation(IterativeDistiller):
         """``iterations`` when set, else ``epochs`` x batches per epoch (the reference's count)."""
         return self.config.iterations or self.config.epochs * self.batches_per_epoch(train)
 
+    def effective_budget(self, train: RealDataset, ipc: int) -> dict[str, float]:
+        """Budget as it runs: the computed iteration count when ``iterations`` is 0."""
+        return {"iterations": self.total_iterations(train)}
+
     def real_batch(self, it: int, train: RealDataset, seed: int) -> torch.Tensor:
         """Indices of iteration ``it``'s real batch: slice ``it % B`` of epoch ``it // B``'s permutation."""
         per_epoch = self.batches_per_epoch(train)

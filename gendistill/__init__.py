@@ -31,8 +31,12 @@ def distill(method: str, dataset: str | DatasetSplits, ipc: int, out: str | None
     if out is not None:
         return _distill_to_folder(method, splits, ipc, out, seed=seed, preset=preset, overrides=overrides,
                                   progress=progress, resume=resume, overwrite=overwrite)
+    from .pipeline import preset_reductions, stamp_budget
+
     config = resolve_config(method, splits.name, ipc, preset=preset, overrides=overrides)
-    return get_method(method).cls(config).distill(splits.train, ipc, seed=seed, progress=progress)
+    synset = get_method(method).cls(config).distill(splits.train, ipc, seed=seed, progress=progress)
+    stamp_budget(synset, preset, preset_reductions(method, splits, ipc, config, preset), overrides, None, splits)
+    return synset
 
 
 __all__ = [

@@ -297,7 +297,8 @@ class DCAugment:
             offset_new = (canvas - new) // 2
             offset_old = (canvas - old) // 2
             pos = torch.arange(out_len).view(1, -1) + (offset_old - offset_new).view(-1, 1)
-            src = torch.floor(pos.double() * (old / new.double()).view(-1, 1)).long().clamp(max=old - 1)
+            # float32 as F.interpolate's nearest: floorf(dst * (float)in / out)
+            src = torch.floor(pos.float() * (old / new.float()).view(-1, 1)).long().clamp(max=old - 1)
             return torch.where((pos >= 0) & (pos < new.view(-1, 1)), src, torch.full_like(src, -1))
 
         ys, xs = source(h, sizes[:, 0], h), source(w, sizes[:, 1], w)

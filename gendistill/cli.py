@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Keys of the run record (config.yaml) that ``distill --resume --out DIR`` restores when they are not given.
 _RESUMABLE = {"method": "method", "dataset": "dataset", "ipc": "ipc", "seed": "seed", "preset": "preset",
-              "zca": "zca", "config_file": "config", "overrides": "set", "resolution": "resolution"}
+              "zca": "zca", "config_file": "config", "overrides": "set", "resolution": "resolution",
+              "data_root": "data_root"}
 
 
 def _fill_from_record(args) -> None:
@@ -166,7 +167,7 @@ def _fill_from_record(args) -> None:
                               "run to continue it)")
     record = yaml.safe_load(record_path.read_text()) or {}
     for key, attr in _RESUMABLE.items():
-        value = (record.get("data") or {}).get(key) if key == "resolution" else record.get(key)
+        value = (record.get("data") or {}).get(key) if key in ("resolution", "data_root") else record.get(key)
         if key == "zca" and value == "none":
             value = None
         default = {"seed": 0, "set": []}.get(attr)

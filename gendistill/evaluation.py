@@ -151,11 +151,18 @@ def dc_augmentation_for(dataset: str, model: str) -> str:
 
 
 def resolve_protocol(protocol: EvalProtocol, dataset: str) -> EvalProtocol:
-    """Apply DC's per-dataset rule (when ``dc_aug_rule`` is set) for ``dataset`` and the protocol's network."""
+    """Apply DC's per-dataset rule (when ``dc_aug_rule`` is set) for ``dataset`` and the protocol's network.
+
+    The augmented epoch count (``epochs_aug``) replaces ``epochs`` only while ``epochs`` is still the preset's
+    own value, so an explicit epoch count (``get_protocol("dc", epochs=50)``, a YAML file) is kept.
+    """
     if not protocol.dc_aug_rule:
         return protocol
     aug = dc_augmentation_for(dataset, protocol.model)
-    return dataclasses.replace(protocol, dc_aug=aug, epochs=protocol.epochs_aug if aug else protocol.epochs)
+    preset = PROTOCOLS.get(protocol.name)
+    default_epochs = preset.epochs if preset is not None else protocol.epochs
+    epochs = protocol.epochs_aug if aug and protocol.epochs == default_epochs else protocol.epochs
+    return dataclasses.replace(protocol, dc_aug=aug, epochs=epochs)
 
 
 def default_protocol(synset: SyntheticSet) -> str:
@@ -187,7 +194,12 @@ def get_protocol(name_or_path: str | Path, **overrides: Any) -> EvalProtocol:
         base.update(data)
     else:
         raise GendistillError(f"unknown protocol {key!r}; use one of {', '.join(PROTOCOLS)} or a .yaml file")
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if key.endswith((".yaml", ".yml")):
+        given = {**data, **given}
+    base.update(given)
+    if "dc_aug" in given and "dc_aug_rule" not in given:
+        base["dc_aug_rule"] = False  # an explicit augmentation replaces DC's per-dataset rule
     return from_dict(EvalProtocol, base)
 
 
@@ -400,6 +412,15 @@ def _check_compatible(synset: SyntheticSet, test: RealDataset, protocol: EvalPro
         raise GendistillError(f"protocol {protocol.name} uses the learned lr, but the set has none; use dsa")
 
 
+def _test_subset(test: RealDataset, size: int | None, seed: int) -> tuple[RealDataset, list[str]]:
+    """A class-balanced, seeded subset of about ``size`` test images (and the note that labels it reduced)."""
+    if not size:
+        return test, []
+    per_class = max(1, min(size // test.num_classes, int(test.class_counts.min())))
+    subset = test.subset(test.sample_indices(per_class, make_generator(derive_seed(seed, "test-subset"))).reshape(-1))
+    return subset, [f"test subset {len(subset)} of {len(test)} images"]
+
+
 def evaluate(
     synset: SyntheticSet,
     test: RealDataset,
@@ -443,8 +464,14 @@ def evaluate(
 
             list_methods()  # method packages register their evaluators on import
         if protocol in CUSTOM_EVALUATORS:
+            test, notes = _test_subset(test, test_subset, seed)
             result = CUSTOM_EVALUATORS[protocol](synset, test, runs=runs or 5, seed=seed, model=model,
                                                  device=str(device))
+            if epochs is not None:
+                result.protocol["epochs_override_ignored"] = epochs  # the method's own schedule has no epochs
+            if notes:
+                result.reduced = True
+                result.reduced_note = "; ".join(filter(None, [result.reduced_note, *notes]))
             result.protocol_source = source
             return result
     preset = PROTOCOLS.get(protocol) if isinstance(protocol, str) else PROTOCOLS.get(protocol.name)
@@ -461,12 +488,8 @@ def evaluate(
         notes.append(f"epochs {proto.epochs} of {preset.epochs}")
     if preset is not None and proto.runs < preset.runs:
         notes.append(f"runs {proto.runs} of {preset.runs}")
-    if test_subset:
-        per_class = max(1, min(test_subset // test.num_classes, int(test.class_counts.min())))
-        full = len(test)
-        index = test.sample_indices(per_class, make_generator(derive_seed(seed, "test-subset"))).reshape(-1)
-        test = test.subset(index)
-        notes.append(f"test subset {len(test)} of {full} images")
+    test, subset_notes = _test_subset(test, test_subset, seed)
+    notes += subset_notes
     device = torch.device(device)
     x, y = synset.materialize()
     x = x.detach().to(device)

@@ -69,18 +69,60 @@ ZERO_IS_FULL = {"iterations", "feature_images_per_class", "max_outer", "max_inne
 
 
 def budget_reductions(config: Any, reference: Any) -> list[str]:
-    """``["iterations 5 < 20000", ...]``: the budget fields of ``config`` below those of ``reference``."""
+    """``["iterations 5 < 20000", ...]``: the budget fields of ``config`` below those of ``reference`` (configs or
+    dicts of effective values, see :func:`effective_budget`)."""
+    def get(obj: Any, name: str) -> Any:
+        return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
     notes = []
     for name in BUDGET_FIELDS:
-        if not hasattr(config, name) or not hasattr(reference, name):
+        value, ref = get(config, name), get(reference, name)
+        if value is None or ref is None:
             continue
-        value, ref = getattr(config, name), getattr(reference, name)
         if not isinstance(value, int | float) or not isinstance(ref, int | float):
             continue
         lowered = value > 0 and (ref == 0 or value < ref) if name in ZERO_IS_FULL else value < ref
         if lowered:
             notes.append(f"{name} {value:g} < {ref:g}" if ref else f"{name} {value:g} (full: 0)")
     return notes
+
+
+def effective_budget(method: str, config: Any, train: Any, ipc: int) -> dict[str, float]:
+    """The budget fields of ``config`` as they run (a method's ``effective_budget`` resolves its 0 = automatic
+    values, e.g. DD's computed iteration count or DC's reference loops)."""
+    values = {f: getattr(config, f) for f in BUDGET_FIELDS if isinstance(getattr(config, f, None), int | float)}
+    hook = getattr(get_method(method).cls, "effective_budget", None)
+    if hook is not None:
+        import contextlib
+
+        with contextlib.suppress(ConfigError):  # e.g. DC at an IPC without reference loops: nothing to resolve
+            values.update(hook(get_method(method).cls(config), train, ipc))
+    return values
+
+
+def preset_reductions(method: str, splits: DatasetSplits, ipc: int, config: Any, preset: str | None) -> list[str]:
+    """Budget reductions of ``config`` against its preset, and of a named preset against the published one."""
+    reference = resolve_config(method, splits.name, ipc, preset=preset)
+    mine = effective_budget(method, config, splits.train, ipc)
+    reductions = budget_reductions(mine, effective_budget(method, reference, splits.train, ipc))
+    if preset and preset not in ("paper", "default"):
+        paper = resolve_config(method, splits.name, ipc)
+        reductions = budget_reductions(effective_budget(method, reference, splits.train, ipc),
+                                       effective_budget(method, paper, splits.train, ipc)) + \
+            [f"override {r}" for r in reductions]
+    return reductions
+
+
+def stamp_budget(synset: SyntheticSet, preset: str | None, reductions: list[str], overrides: list[str] | None,
+                 config_file: str | Path | None, splits: DatasetSplits) -> None:
+    """Record the preset, overrides, budget reductions and data source in the set's metadata."""
+    synset.meta["preset"] = preset or "paper"
+    synset.meta["reduced_budget"] = bool(preset and preset.startswith("cpu")) or bool(reductions)
+    synset.meta["budget_reductions"] = reductions
+    synset.meta["overrides"] = list(overrides or [])
+    if config_file:
+        synset.meta["config_file"] = str(config_file)
+    synset.meta["data_source"] = dict(splits.source)
 
 
 def distill(method: str, splits: DatasetSplits, ipc: int, out: str | Path, *, seed: int = 0,
@@ -100,11 +142,7 @@ def distill(method: str, splits: DatasetSplits, ipc: int, out: str | Path, *, se
     info = get_method(method)
     check_ipc(ipc)
     config = resolve_config(method, splits.name, ipc, preset=preset, config_file=config_file, overrides=overrides)
-    reference = resolve_config(method, splits.name, ipc, preset=preset)
-    reductions = budget_reductions(config, reference)
-    if preset and preset not in ("paper", "default"):
-        paper = resolve_config(method, splits.name, ipc)
-        reductions = budget_reductions(reference, paper) + [f"override {r}" for r in reductions]
+    reductions = preset_reductions(method, splits, ipc, config, preset)
     run = RunDir(out, resume=resume, checkpoint_every=checkpoint_every, log_every=log_every, grid_every=grid_every,
                  progress=progress, overwrite=overwrite)
     record = {"method": method, "dataset": splits.name, "ipc": ipc, "seed": seed, "preset": preset,
@@ -114,11 +152,14 @@ def distill(method: str, splits: DatasetSplits, ipc: int, out: str | Path, *, se
               "config": config_to_dict(config)}
     try:
         run.write_config(record)
+        if resume and (Path(out) / "synset" / "synset.json").is_file():
+            return SyntheticSet.load(Path(out) / "synset")  # a finished run: nothing left to do
         start = time.perf_counter()
         synset = info.cls(config).distill(splits.train, ipc, seed=seed, run=run, progress=progress)
     except GendistillError:
-        if run.created and not run.checkpoint_path.is_file():
-            shutil.rmtree(run.path, ignore_errors=True)  # bad input: leave no stray run folder
+        # bad input (refused before any work): leave no stray run folder; never delete trained work
+        if run.created and {p.name for p in run.path.iterdir()} <= {"config.yaml", "env.json"}:
+            shutil.rmtree(run.path, ignore_errors=True)
         raise
     synset.meta.setdefault("distill_time_s", time.perf_counter() - start)
     synset.meta["preset"] = preset or "paper"
@@ -190,13 +231,16 @@ def distill_seeds(method: str, splits: DatasetSplits, ipc: int, out: str | Path,
     import json
 
     out = Path(out)
+    if (out / "config.yaml").is_file() and not distill_kwargs.get("overwrite"):
+        raise ConfigError(f"{out} holds a single run; --distill-seeds writes seed_<k>/ folders and an aggregate "
+                          "result: choose another --out")
     per_seed = []
     for s in seeds:
         run_dir = out / f"seed_{s}"
         if distill_kwargs.get("resume") and evaluate and (run_dir / "result.json").is_file():
             per_seed.append(json.loads((run_dir / "result.json").read_text()))
             continue
-        synset = distill(method, splits, ipc, run_dir, seed=s, **distill_kwargs)
+        synset = distill(method, splits, ipc, run_dir, seed=s, **distill_kwargs)  # a finished set is reused
         if evaluate:
             result = evaluate_run(synset, splits, run_dir, seed=s, **(eval_kwargs or {})).to_dict()
             result["distill_time_s"] = synset.meta.get("distill_time_s")

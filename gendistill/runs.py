@@ -80,6 +80,8 @@ class RunDir:
         grid_every: iterations between grid pictures (0 = never).
     """
 
+    PROVENANCE = ("data",)
+
     def __init__(self, path: str | Path, *, resume: bool = False, checkpoint_every: int = 100,
                  log_every: int = 10, grid_every: int = 0, progress: bool = True, overwrite: bool = False) -> None:
         self.path = Path(path)
@@ -110,9 +112,11 @@ class RunDir:
         path = self.path / "config.yaml"
         text = yaml.safe_dump(config, sort_keys=False)
         if path.is_file() and (self.resume or self.checkpoint_path.is_file()):
-            saved = yaml.safe_load(path.read_text())
-            if saved != yaml.safe_load(text):
-                diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+            saved = yaml.safe_load(path.read_text()) or {}
+            # provenance (where the data was read from) and keys older records lack do not decide a resume
+            keys = [k for k in set(saved) & set(config) if k not in self.PROVENANCE]
+            if any(saved.get(k) != yaml.safe_load(text).get(k) for k in keys):
+                diff = sorted(k for k in keys if saved.get(k) != yaml.safe_load(text).get(k))
                 raise GendistillError(f"{self.path} holds a run with a different config ({', '.join(diff)}); "
                                       "use another --out or the same settings to resume")
         if not self.resume and self.checkpoint_path.is_file():
@@ -206,6 +210,10 @@ def run_iterative(distiller: Any, train: Any, ipc: int, *, seed: int, run: RunDi
         for it in range(start_it, n):
             metrics = distiller.step(it, state, train, generator, seed)
             bar.update(1)
+            last = _after_step(distiller, state, train, generator, ipc, seed, it, n, run, metrics, bar,
+                               elapsed + time.perf_counter() - t0)
+            if last:
+                break
             if stop["signum"] is not None:
                 where = f" after iteration {it + 1} of {n}"
                 if run is not None:
@@ -214,9 +222,6 @@ def run_iterative(distiller: Any, train: Any, ipc: int, *, seed: int, run: RunDi
                     where += f"; checkpoint saved in {run.checkpoint_path}"
                 bar.close()
                 raise Interrupted(int(stop["signum"]), where)
-            if _after_step(distiller, state, train, generator, ipc, seed, it, n, run, metrics, bar,
-                           elapsed + time.perf_counter() - t0):
-                break
     bar.close()
     synset = distiller.finalize(state, train, ipc, seed)
     synset.meta["distill_time_s"] = elapsed + time.perf_counter() - t0

@@ -312,12 +312,19 @@ class SyntheticSet:
                 if "soft_label" in rec:
                     soft[rec["file_name"]] = rec["soft_label"]
         images, labels, soft_rows = [], [], []
+        mode = "L" if len(pre.mean) == 1 else "RGB"
         for folder, c in sorted(class_to_idx.items(), key=lambda kv: kv[1]):
+            if not (directory / folder).is_dir():
+                raise SynsetFormatError(f"{directory} lacks the class folder {folder!r} named in class_to_idx.json")
             for f in sorted((directory / folder).iterdir()):
                 if f.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
                     continue
-                array = np.asarray(Image.open(f))
+                with Image.open(f) as img:
+                    array = np.asarray(img.convert(mode) if img.mode != mode else img)
                 array = array[:, :, None] if array.ndim == 2 else array
+                if images and array.shape[:2] != tuple(images[0].shape[1:]):
+                    raise SynsetFormatError(f"{f} is {array.shape[1]}x{array.shape[0]} but the first image is "
+                                            f"{images[0].shape[2]}x{images[0].shape[1]}; a set needs one size")
                 images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
                 labels.append(int(c))
                 soft_rows.append(soft.get(f"{folder}/{f.name}"))

@@ -156,8 +156,8 @@ def test_dc_scale_nearest_resize_zero_fill_hand_computed():
     expected = torch.tensor([[0, 0, 0, 0], [0, 1, 3, 0], [0, 9, 11, 0], [0, 0, 0, 0.0]])
     assert torch.equal(out[0, 0], expected)
     # larger and mixed sizes against the reference's construction (interpolate, pad to max, centre crop)
-    x = torch.randn(4, 2, 28, 28)
-    sizes = torch.tensor([[25, 31], [33, 22], [28, 28], [22, 33]])
+    x = torch.randn(6, 2, 28, 28)
+    sizes = torch.tensor([[25, 31], [33, 22], [28, 28], [22, 33], [24, 24], [24, 27]])
     out = DCAugment.apply_scale(x, sizes)
     for i, (h, w) in enumerate(sizes.tolist()):
         tmp = F.interpolate(x[i : i + 1], [h, w])[0]

@@ -252,3 +252,38 @@ def test_aggregate_on_hand_made_results():
     assert agg["std"] == pytest.approx(float(torch.tensor([89.0, 91, 93, 95]).std(unbiased=False)))
     assert EvalProtocol  # the aggregate keeps the first protocol record
     assert agg["protocol"] == {"name": "dc"}
+
+
+def test_explicit_epochs_survive_the_per_dataset_rule():
+    p = resolve_protocol(get_protocol("dc", epochs=50), "mnist")
+    assert (p.dc_aug, p.epochs) == ("crop_scale_rotate", 50)
+    assert not get_protocol("dc", dc_aug="crop").dc_aug_rule  # an explicit augmentation replaces the rule
+
+
+def test_effective_budget_resolves_automatic_values(tiny_train):
+    from gendistill.data import DatasetSplits
+    from gendistill.pipeline import preset_reductions, resolve_config
+
+    splits = DatasetSplits(_renamed(tiny_train, "mnist"), _renamed(tiny_train, "mnist"))
+    dc = resolve_config("dc", "mnist", 10, overrides=["outer_loop=10", "inner_loop=50"])
+    assert preset_reductions("dc", splits, 10, dc, None) == []  # the reference loops, spelled out
+    dc = resolve_config("dc", "mnist", 10, overrides=["outer_loop=2", "inner_loop=5"])
+    assert preset_reductions("dc", splits, 10, dc, None) == ["outer_loop 2 < 10", "inner_loop 5 < 50"]
+    dd = resolve_config("dd", "mnist", 10, overrides=["iterations=30000"])  # more than the computed 400 x 1
+    assert preset_reductions("dd", splits, 10, dd, None) == []
+    dd = resolve_config("dd", "mnist", 10, overrides=["iterations=3"])
+    assert preset_reductions("dd", splits, 10, dd, None) == ["iterations 3 < 400"]
+
+
+def test_resume_of_a_finished_run_returns_it_and_ignores_the_data_path(tmp_path, data_env, capsys):
+    run = tmp_path / "r"
+    assert main(["--quiet", "distill", "--method", "dm", "--dataset", "mnist", "--ipc", "1", "--out", str(run),
+                 "--set", "iterations=2", "--set", "batch_real=4", "--set", "model=convnet_w8"]) == 0
+    first = SyntheticSet.load(run)
+    import yaml
+
+    record = yaml.safe_load((run / "config.yaml").read_text())
+    record["data"]["data_root"] = "/somewhere/else"  # the data moved: provenance does not block a resume
+    (run / "config.yaml").write_text(yaml.safe_dump(record))
+    assert main(["--quiet", "distill", "--out", str(run), "--resume", "--data-root", str(data_env)]) == 0
+    assert torch.equal(SyntheticSet.load(run).images, first.images)
