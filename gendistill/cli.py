@@ -328,7 +328,7 @@ def _cmd_bench(args) -> int:
     for r in records:
         if r["status"] == "failed":
             print(f"  failed {r['cell']}: {r['error']}")
-    return 0
+    return 1 if counts["failed"] else 0  # recorded; run the spec again to retry them
 
 
 def _cmd_leaderboard(args) -> int:

@@ -507,6 +507,8 @@ def evaluate(
     if mode == "batched" and _needs_sequential(nets[0]):
         raise GendistillError(f"{proto.model} has batch-norm statistics; use ensemble=sequential")
     trainer = _Trainer(proto, x, y, lr, dsa, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # the peak of this evaluation, not of the process so far
     start = time.perf_counter()
     bar = tqdm(total=proto.runs * trainer.passes, unit="pass", disable=not progress, leave=False,
                desc=f"eval {proto.model} ({proto.name}: {proto.runs} runs x {proto.epochs} epochs + 1 pass)")

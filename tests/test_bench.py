@@ -47,7 +47,7 @@ def test_spec_expands_the_matrix_and_defaults_to_each_methods_protocol():
     dm = next(c for c in cells if c.method.name == "dm")
     assert {e.protocol for e in spec.eval_cells(dm)} == {"dsa"} and len(spec.eval_cells(dm)) == 2
     rnd = next(c for c in cells if c.method.name == "random")
-    assert {e.protocol for e in spec.eval_cells(rnd)} == {"dc"}
+    assert {e.protocol for e in spec.eval_cells(rnd)} == {"dc", "dsa"}  # the reference: every protocol
     assert load_spec("cpu-mnist").name == "cpu-mnist"  # the packaged specs load
     for name in ("paper-mnist", "paper-fashion_mnist", "paper-cifar10"):
         assert len(load_spec(name).distill_cells()) >= 27
@@ -58,7 +58,7 @@ def test_small_matrix_end_to_end_with_a_failed_cell(tmp_path, mnist_root, capsys
     spec = small_spec(ipc=[1, 3])  # dc has no reference loops for ipc 3: that cell fails in one line
     spec_path.write_text(yaml.safe_dump({**spec.to_dict(), "distill_seeds": 1}))
     out = tmp_path / "bench"
-    assert main(["--quiet", "bench", str(spec_path), "--out", str(out), "--data-root", str(mnist_root)]) == 0
+    assert main(["--quiet", "bench", str(spec_path), "--out", str(out), "--data-root", str(mnist_root)]) == 1
     text = capsys.readouterr().out
     cells = json.loads((out / "cells.json").read_text())
     assert len(cells) == 6
@@ -166,3 +166,32 @@ def test_quickstart_runs_the_generative_core_on_one_shared_dit(tmp_path, mnist_r
         meta = json.loads((out / c["run_dir"] / "synset" / "synset.json").read_text())["meta"]
         assert meta["config"]["pretrained"] == str(model.resolve())
     assert "minimax" in (out / "index.html").read_text()
+
+
+def test_cell_ids_are_unique_and_short():
+    with pytest.raises(ConfigError, match="twice"):
+        parse_spec({"methods": ["dm", {"name": "dm"}], "datasets": ["mnist"], "ipc": [1]})
+    spec = parse_spec({"methods": [{"name": "dm", "set": ["lr_img=1e-3"]}, {"name": "dm", "set": ["lr_img=1e3"]},
+                                   {"name": "dm", "set": ["pretrained=/a/very/long/path/to/some/model/folder"]}],
+                       "datasets": ["mnist"], "ipc": [1]})
+    ids = [c.id for c in spec.distill_cells()]
+    assert len(set(ids)) == 3 and all(len(i) < 60 for i in ids)
+    with pytest.raises(ConfigError, match="distill_seeds"):
+        parse_spec({"methods": ["dm"], "datasets": ["mnist"], "ipc": [1], "distill_seeds": 0})
+    with pytest.raises(ConfigError, match="runs"):
+        parse_spec({"methods": ["dm"], "datasets": ["mnist"], "ipc": [1], "runs": "abc"})
+
+
+def test_random_reference_is_evaluated_under_every_protocol_of_the_matrix():
+    spec = parse_spec({"methods": ["random", "herding", "dm"], "datasets": ["mnist"], "ipc": [1]})
+    rnd = next(c for c in spec.distill_cells() if c.method.name == "random")
+    assert [e.protocol for e in spec.eval_cells(rnd)] == ["dc", "dsa"]
+
+
+def test_changed_evaluation_settings_redo_the_evaluations(tmp_path, mnist_root):
+    out = tmp_path / "bench"
+    spec = small_spec(methods=["random"])
+    first = run_bench(spec, out, data_root=str(mnist_root), progress=False, leaderboard=False)
+    again = run_bench(small_spec(methods=["random"], runs=2), out, data_root=str(mnist_root), progress=False,
+                      leaderboard=False)
+    assert len(first[0]["result"]["accs"]) == 1 and len(again[0]["result"]["accs"]) == 2

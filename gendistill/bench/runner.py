@@ -63,7 +63,7 @@ def run_distill_cell(spec_dict: dict[str, Any], cell_index: int, out: str, data_
     from ..pipeline import distill
     from ..synset import SyntheticSet
 
-    spec = parse_spec(spec_dict)
+    spec = parse_spec(spec_dict)  # validated by the caller already: an error here is a bug, not a cell failure
     cell = spec.distill_cells()[cell_index]
     run_dir = Path(out) / "runs" / cell.id
     failed = run_dir / "failed.json"
@@ -101,7 +101,7 @@ def _run_eval_cell(spec: BenchSpec, ecell: EvalCell, synset: Any, splits: Any, r
 
     target = run_dir / "eval" / ecell.file_name
     failed = target.with_suffix(".failed.json")
-    if target.is_file():
+    if _current(spec, _read(target)):
         return
     try:
         result = evaluate(synset, splits.test, ecell.protocol, model=ecell.model, runs=spec.runs,
@@ -109,12 +109,18 @@ def _run_eval_cell(spec: BenchSpec, ecell: EvalCell, synset: Any, splits: Any, r
                           test_subset=spec.test_subset)
         record = result.to_dict()
         record["device"] = _device_name(spec.device)
+        record["bench_settings"] = spec.settings()
         atomic_json(target, record)
         failed.unlink(missing_ok=True)
     except Exception as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
         atomic_json(failed, {"error": _one_line(exc), "traceback": traceback.format_exc()})
+
+
+def _current(spec: BenchSpec, record: dict[str, Any] | None) -> bool:
+    """Whether a stored evaluation was made with the spec's evaluation settings (else it is redone)."""
+    return record is not None and record.get("bench_settings") == spec.settings()
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -137,6 +143,7 @@ def collect_cells(spec: BenchSpec, out: str | Path) -> list[dict[str, Any]]:
         for ecell in spec.eval_cells(dcell):
             target = run_dir / "eval" / ecell.file_name
             result = _read(target)
+            result = result if _current(spec, result) else None
             efail = _read(target.with_suffix(".failed.json"))
             if result is not None:
                 status, error = "done", None
@@ -145,7 +152,8 @@ def collect_cells(spec: BenchSpec, out: str | Path) -> list[dict[str, Any]]:
             else:
                 status, error = "pending", None
             cells.append({
-                "cell": ecell.id, "method": dcell.method.name, "preset": dcell.method.preset,
+                "cell": ecell.id, "label": dcell.method.label, "method": dcell.method.name,
+                "preset": dcell.method.preset,
                 "overrides": list(dcell.method.set), "dataset": dcell.dataset, "ipc": dcell.ipc,
                 "distill_seed": dcell.seed, "protocol": ecell.protocol, "eval_model": ecell.model,
                 "status": status, "error": error, "result": result,
@@ -177,9 +185,16 @@ def robust_scores(cells: list[dict[str, Any]], full_accuracy: Any = None) -> lis
 
     done = [c for c in cells if c["status"] == "done"]
 
-    def mean_of(method: str, dataset: str, ipc: int, protocol: str, net: str) -> float | None:
-        accs = [_fraction(c["result"]) for c in done if (c["method"], c["dataset"], c["ipc"], c["protocol"],
-                                                          c["eval_model"]) == (method, dataset, ipc, protocol, net)]
+    def key(c: dict[str, Any]) -> tuple:
+        return c.get("label", c["method"]), c["dataset"], c["ipc"], c["protocol"], c["eval_model"]
+
+    def mean_of(label: str, dataset: str, ipc: int, protocol: str, net: str) -> float | None:
+        accs = [_fraction(c["result"]) for c in done if key(c) == (label, dataset, ipc, protocol, net)]
+        return sum(accs) / len(accs) if accs else None
+
+    def random_mean(dataset: str, ipc: int, protocol: str, net: str) -> float | None:
+        accs = [_fraction(c["result"]) for c in done if c["method"] == "random"
+                and (c["dataset"], c["ipc"], c["protocol"], c["eval_model"]) == (dataset, ipc, protocol, net)]
         return sum(accs) / len(accs) if accs else None
 
     def augmented(protocol_record: dict[str, Any]) -> bool:
@@ -187,28 +202,27 @@ def robust_scores(cells: list[dict[str, Any]], full_accuracy: Any = None) -> lis
                     or protocol_record.get("cutmix_prob"))
 
     rows = []
-    keys = sorted({(c["method"], c["dataset"], c["ipc"], c["protocol"], c["eval_model"]) for c in done
-                   if c["method"] != "random"})
-    for method, dataset, ipc, protocol, net in keys:
-        syn = mean_of(method, dataset, ipc, protocol, net)
-        rnd = mean_of("random", dataset, ipc, protocol, net)
+    for label, dataset, ipc, protocol, net in sorted({key(c) for c in done if c["method"] != "random"}):
+        first = next(c for c in done if key(c) == (label, dataset, ipc, protocol, net))
+        syn = mean_of(label, dataset, ipc, protocol, net)
+        rnd = random_mean(dataset, ipc, protocol, net)
         full = full_accuracy(dataset, net) if full_accuracy else None
-        row = {"method": method, "dataset": dataset, "ipc": ipc, "protocol": protocol, "eval_model": net,
+        row = {"method": label, "dataset": dataset, "ipc": ipc, "protocol": protocol, "eval_model": net,
                "hlr": None, "ior": None, "lrs": None, "ars": None}
+        if full is not None:
+            row["hlr"] = full / 100.0 - syn
         if rnd is not None:
             row["ior"] = syn - rnd
         if rnd is not None and full is not None:
-            row.update({k: v for k, v in label_robust_score(full / 100.0, syn, syn, rnd).items()
-                        if k in ("hlr", "ior", "lrs")})
-        proto = next(c["result"]["protocol"] for c in done if (c["method"], c["dataset"], c["ipc"], c["protocol"],
-                                                                c["eval_model"]) == (method, dataset, ipc, protocol,
-                                                                                     net))
-        if augmented(proto):
-            partners = {c["protocol"] for c in done if (c["method"], c["dataset"], c["ipc"], c["eval_model"]) ==
-                        (method, dataset, ipc, net) and not augmented(c["result"]["protocol"])}
-            for other in sorted(partners):
-                syn_no, rnd_no = mean_of(method, dataset, ipc, other, net), mean_of("random", dataset, ipc, other, net)
-                if rnd is not None and rnd_no is not None and syn_no is not None:
+            row["lrs"] = label_robust_score(full / 100.0, syn, syn, rnd)["lrs"]
+        if augmented(first["result"]["protocol"]) and rnd is not None:
+            for other in done:
+                if (key(other)[:3], key(other)[4]) != ((label, dataset, ipc), net) or \
+                        augmented(other["result"]["protocol"]):
+                    continue
+                rnd_no = random_mean(dataset, ipc, other["protocol"], net)
+                if rnd_no is not None:
+                    syn_no = mean_of(label, dataset, ipc, other["protocol"], net)
                     row["ars"] = augmentation_robust_score(syn, syn_no, rnd, rnd_no)["ars"]
                     break
         rows.append(row)
@@ -220,14 +234,29 @@ def _dispatch_ray(spec: BenchSpec, out: Path, data_root: str | None, cluster: st
         import ray
     except ImportError as exc:
         raise ConfigError("--cluster ray needs Ray: pip install 'gendistill[ray]'") from exc
+    import os
+
     address = None if cluster == "ray" else cluster
     started = not ray.is_initialized()
+    env = {k: os.environ[k] for k in ("GENDISTILL_DATA", "GENDISTILL_CONFIGS", "GENDISTILL_THREADS")
+           if k in os.environ}
     if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                 runtime_env={"env_vars": env} if env else None)
     try:
-        task = ray.remote(run_distill_cell).options(num_cpus=spec.cpus_per_cell, num_gpus=spec.gpus_per_cell)
-        refs = [task.remote(spec.to_dict(), i, str(out.resolve()), data_root, False) for i in indices]
-        ray.get(refs)
+        task = ray.remote(run_distill_cell).options(num_cpus=spec.cpus_per_cell, num_gpus=spec.gpus_per_cell,
+                                                    max_retries=1)
+        cells = spec.distill_cells()
+        pending = {task.remote(spec.to_dict(), i, str(out.resolve()), data_root, False): i for i in indices}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            index = pending.pop(ready[0])
+            try:
+                ray.get(ready[0])
+            except Exception as exc:  # a crashed worker (OOM kill, lost node): record the cell, keep the others
+                run_dir = out / "runs" / cells[index].id
+                run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_json(run_dir / "failed.json", {"error": f"Ray task failed: {_one_line(exc)}"})
     finally:
         if started:
             ray.shutdown()
@@ -238,8 +267,11 @@ def run_bench(spec: BenchSpec, out: str | Path, *, data_root: str | None = None,
     """Run every missing cell of ``spec`` into ``out`` and write ``cells.json`` and the leaderboard."""
     from tqdm.auto import tqdm
 
+    from ..data import resolve_data_root
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    data_root = str(resolve_data_root(data_root).resolve())  # workers may run elsewhere (Ray)
     import yaml
 
     from ..atomic import atomic_text
@@ -263,7 +295,7 @@ def _missing(spec: BenchSpec, out: Path, cell: DistillCell) -> bool:
     run_dir = out / "runs" / cell.id
     if not (run_dir / "synset" / "synset.json").is_file():
         return True
-    return any(not (run_dir / "eval" / e.file_name).is_file() for e in spec.eval_cells(cell))
+    return any(not _current(spec, _read(run_dir / "eval" / e.file_name)) for e in spec.eval_cells(cell))
 
 
 def write_bench_leaderboard(spec: BenchSpec, out: Path, records: list[dict[str, Any]] | None = None) -> dict:

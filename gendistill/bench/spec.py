@@ -25,7 +25,9 @@ from typing import Any
 from ..config import read_yaml
 from ..errors import ConfigError
 
-__all__ = ["BenchSpec", "DistillCell", "EvalCell", "MethodEntry", "load_spec", "parse_spec"]
+__all__ = ["REFERENCE_METHOD", "BenchSpec", "DistillCell", "EvalCell", "MethodEntry", "load_spec", "parse_spec"]
+
+REFERENCE_METHOD = "random"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,9 +40,17 @@ class MethodEntry:
 
     @property
     def label(self) -> str:
-        """A folder-safe label: ``dm``, ``dm-cpu``, ``dm-cpu-iterations100``."""
+        """A folder-safe label: ``dm``, ``dm-cpu``, ``dm-cpu-iterations100``; long override values (paths) are
+        shortened to a hash."""
+        import hashlib
+
         parts = [self.name] + ([self.preset] if self.preset else [])
-        parts += [re.sub(r"[^A-Za-z0-9.]+", "", o) for o in self.set]
+        for o in self.set:
+            key, _, value = o.partition("=")
+            safe = re.sub(r"[^A-Za-z0-9.+-]+", "", value)
+            if len(safe) > 16:
+                safe = hashlib.sha1(value.encode()).hexdigest()[:8]
+            parts.append(re.sub(r"[^A-Za-z0-9]+", "", key) + safe)
         return "-".join(parts)
 
 
@@ -88,11 +98,24 @@ class BenchSpec:
                 for s in self.distill_seeds]
 
     def eval_cells(self, cell: DistillCell) -> list[EvalCell]:
-        """The evaluation cells of one distillation: protocols x evaluation networks."""
+        """The evaluation cells of one distillation: protocols x evaluation networks.
+
+        Without explicit ``protocols`` each method gets its own; the ``random`` reference is evaluated under every
+        protocol of the matrix, so that each method has a random baseline measured the same way (DD-Ranking's IOR).
+        """
         from ..methods import get_method
 
-        protocols = self.protocols or [get_method(cell.method.name).default_eval]
+        if self.protocols:
+            protocols = self.protocols
+        elif cell.method.name == REFERENCE_METHOD:
+            protocols = list(dict.fromkeys(get_method(m.name).default_eval for m in self.methods))
+        else:
+            protocols = [get_method(cell.method.name).default_eval]
         return [EvalCell(cell, p, net) for p in protocols for net in self.eval_models]
+
+    def settings(self) -> dict[str, Any]:
+        """The evaluation settings a stored result must match to be reused."""
+        return {"runs": self.runs, "epochs": self.epochs, "test_subset": self.test_subset, "device": self.device}
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -176,7 +199,13 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> BenchSpec:
             values[key] = [values[key]]
     values["methods"] = [_method_entry(m) for m in values["methods"]]
     seeds = values.get("distill_seeds", 1)
-    values["distill_seeds"] = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if isinstance(seeds, bool) or not (isinstance(seeds, int) and seeds >= 1 or isinstance(seeds, list) and seeds
+                                       and all(isinstance(x, int) for x in seeds)):
+        raise ConfigError(f"distill_seeds in {source} must be a positive count or a list of integer seeds")
+    values["distill_seeds"] = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    for key in ("runs", "epochs", "test_subset", "resolution"):
+        if values.get(key) is not None and (isinstance(values[key], bool) or not isinstance(values[key], int)):
+            raise ConfigError(f"{key} in {source} must be an integer, got {values[key]!r}")
     methods = set(list_methods())  # also registers the method packages' evaluators
     for m in values["methods"]:
         if m.name not in methods:
@@ -198,6 +227,11 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> BenchSpec:
         spec = BenchSpec(**values)
     except TypeError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
+    ids = [c.id for c in spec.distill_cells()]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ConfigError(f"{source} lists the cell {duplicates[0]} twice (a repeated method entry, dataset, IPC or "
+                          "seed); remove the duplicate")
     from ..pipeline import preset_file
 
     for m in spec.methods:  # a missing preset fails now, not halfway through the matrix
