@@ -1,8 +1,10 @@
 """CPU thread count: ``--threads N`` > ``$GENDISTILL_THREADS`` > the default.
 
 torch's default (one intra-op thread per core, OpenMP threads that spin while waiting) collapses when another
-process shares the cores: measured on the 2-core development machine, runs became 10-25x slower. The
-measurement behind the default is in README.md ("Threads on a shared CPU").
+process shares the cores. ``scripts/bench_threads.py`` measured on the 2-core development machine, next to another
+torch job: default 3.8-3.9x slower, passive OpenMP wait policy 1.6x, one thread 1.3-1.4x (but 1.4-1.7x slower
+alone). The default is therefore one thread per core with ``OMP_WAIT_POLICY=PASSIVE`` (set by ``gendistill``'s
+``__init__`` before torch loads OpenMP); README.md, "Threads on a shared CPU", has the table.
 """
 
 from __future__ import annotations
