@@ -39,7 +39,8 @@ HEADER_NOTE = (
     "a final-epoch figure, so the published column is not always like-for-like. Rows with a reduced distillation "
     "budget or a reduced evaluation (fewer epochs/runs, a test subset) are labelled in the 'reduced' column: they "
     "are smoke results, not comparable figures. Gap = ours − published, in accuracy points; * marks a figure "
-    "published under another protocol or network. Times are in seconds, peak memory in MB."
+    "published under another protocol or network. Times are in seconds, peak memory in MB (the process peak "
+    "when the cell finished: cells share one process unless run as Ray tasks)."
 )
 ROBUST_NOTE = ("Robust scores use the DD-Ranking definitions, computed from final-epoch accuracies; all four are "
                "fractions, not percent (0.050 = 5 accuracy points), shown with 3 decimals. HLR: hard-label "
