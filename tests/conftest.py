@@ -88,6 +88,13 @@ def mnist_root(tmp_path: Path) -> Path:
     return make_mnist_root(tmp_path / "data")
 
 
+@pytest.fixture
+def data_env(monkeypatch, mnist_root):
+    """GENDISTILL_DATA pointing at a tiny MNIST in the real IDX format."""
+    monkeypatch.setenv("GENDISTILL_DATA", str(mnist_root))
+    return mnist_root
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
     """Keep tests away from the user's data root and cache unless a test sets them."""

@@ -10,12 +10,6 @@ import torch
 from gendistill.cli import main
 
 
-@pytest.fixture
-def data_env(monkeypatch, mnist_root):
-    monkeypatch.setenv("GENDISTILL_DATA", str(mnist_root))
-    return mnist_root
-
-
 def run_ok(args, capsys):
     code = main(["--quiet", *args])
     out = capsys.readouterr()

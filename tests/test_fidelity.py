@@ -199,12 +199,6 @@ def test_dc_with_batchnorm_freezes_statistics_from_real_images(tiny_train, monke
 
 
 # --------------------------------------------------------------------------------------- CLI and reports
-@pytest.fixture
-def data_env(monkeypatch, mnist_root):
-    monkeypatch.setenv("GENDISTILL_DATA", str(mnist_root))
-    return mnist_root
-
-
 def test_eval_and_export_accept_a_run_folder(tmp_path, data_env, capsys):
     run = tmp_path / "run"
     assert main(["--quiet", "distill", "--method", "random", "--dataset", "mnist", "--ipc", "1", "--out",

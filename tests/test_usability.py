@@ -11,21 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import run_ok as ok
 
 from gendistill.cli import main
-
-
-@pytest.fixture
-def data_env(monkeypatch, mnist_root):
-    monkeypatch.setenv("GENDISTILL_DATA", str(mnist_root))
-    return mnist_root
-
-
-def ok(args, capsys):
-    code = main(["--quiet", *args])
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    return out.out
 
 
 def err(args, capsys, code=2):
