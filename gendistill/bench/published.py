@@ -21,16 +21,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..config import read_yaml
+from ..config import from_dict, read_yaml
 from ..errors import ConfigError
 
 __all__ = ["FullDatasetEntry", "PublishedEntry", "PublishedTable", "load_published"]
 
 _TOP_KEYS = {"version", "updated", "entries", "full_dataset"}
-_ENTRY_REQUIRED = ("method", "dataset", "ipc", "network", "protocol", "value", "source")
-_ENTRY_OPTIONAL = ("std", "note")
-_FULL_REQUIRED = ("dataset", "network", "value", "source")
-_FULL_OPTIONAL = ("std", "note")
 _TAG_RE = re.compile(r"\[([VRS])\]\s*$")
 
 
@@ -56,9 +52,14 @@ class PublishedEntry:
     network: str
     protocol: str
     value: float
+    source: str
     std: float | None = None
-    source: str = ""
     note: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.ipc < 1:
+            raise ValueError(f"ipc must be a positive integer, not {self.ipc!r}")
+        _check_figure(self)
 
     @property
     def tag(self) -> str | None:
@@ -83,9 +84,26 @@ class FullDatasetEntry:
     dataset: str
     network: str
     value: float
+    source: str
     std: float | None = None
-    source: str = ""
     note: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_figure(self)
+
+
+def _check_figure(entry: Any) -> None:
+    """Shared checks of a published row: names non-empty and lower-case, value and std in percent."""
+    for f in dataclasses.fields(entry):
+        value = getattr(entry, f.name)
+        if f.type == "str" and not value.strip():
+            raise ValueError(f"{f.name} must be a non-empty string")
+        if f.name in ("method", "dataset", "network", "protocol"):
+            object.__setattr__(entry, f.name, value.strip().lower())
+    if not math.isfinite(entry.value) or not 0 < entry.value <= 100:
+        raise ValueError(f"value {entry.value} must be a percent in (0, 100]")
+    if entry.std is not None and not 0 <= entry.std <= 100:
+        raise ValueError(f"std {entry.std} must be a percent in [0, 100]")
 
 
 @dataclasses.dataclass
@@ -135,68 +153,22 @@ def _fail(path: Path, where: str, msg: str) -> ConfigError:
     return ConfigError(f"published table {path}: {where} {msg}; fix the file")
 
 
-def _percent(path: Path, where: str, key: str, x: Any, *, allow_none: bool) -> float | None:
-    if x is None and allow_none:
-        return None
-    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
-        raise _fail(path, where, f"{key} must be a number (percent), not {x!r}")
-    if key == "value" and not 0 < x <= 100:
-        raise _fail(path, where, f"value {x} must be a percent in (0, 100]")
-    if key == "std" and not 0 <= x <= 100:
-        raise _fail(path, where, f"std {x} must be a percent in [0, 100]")
-    return float(x)
-
-
-def _text(path: Path, where: str, key: str, x: Any, *, allow_none: bool = False) -> str | None:
-    if x is None and allow_none:
-        return None
-    if not isinstance(x, str) or not x.strip():
-        raise _fail(path, where, f"{key} must be a non-empty string, not {x!r}")
-    return x.strip()
-
-
-def _check_keys(path: Path, where: str, row: Any, required: tuple[str, ...], optional: tuple[str, ...]) -> None:
+def _row(cls: type, path: Path, where: str, row: Any) -> Any:
+    """One table row through the shared typed-config loader (:func:`gendistill.config.from_dict`)."""
     if not isinstance(row, dict):
         raise _fail(path, where, f"must be a mapping, not {type(row).__name__}")
-    unknown = sorted(set(row) - set(required) - set(optional))
+    fields = dataclasses.fields(cls)
+    unknown = sorted(set(row) - {f.name for f in fields})
     if unknown:
         raise _fail(path, where, f"has unknown key(s) {', '.join(map(str, unknown))} "
-                                 f"(allowed: {', '.join(required + optional)})")
-    missing = [k for k in required if k not in row]
+                                 f"(allowed: {', '.join(f.name for f in fields)})")
+    missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in row]
     if missing:
         raise _fail(path, where, f"is missing required key(s) {', '.join(missing)}")
-
-
-def _entry(path: Path, i: int, row: Any) -> PublishedEntry:
-    where = f"entries[{i}]"
-    _check_keys(path, where, row, _ENTRY_REQUIRED, _ENTRY_OPTIONAL)
-    ipc = row["ipc"]
-    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
-        raise _fail(path, where, f"ipc must be a positive integer, not {ipc!r}")
-    return PublishedEntry(
-        method=_text(path, where, "method", row["method"]).lower(),
-        dataset=_text(path, where, "dataset", row["dataset"]).lower(),
-        ipc=ipc,
-        network=_text(path, where, "network", row["network"]).lower(),
-        protocol=_text(path, where, "protocol", row["protocol"]).lower(),
-        value=_percent(path, where, "value", row["value"], allow_none=False),
-        std=_percent(path, where, "std", row.get("std"), allow_none=True),
-        source=_text(path, where, "source", row["source"]),
-        note=_text(path, where, "note", row.get("note"), allow_none=True),
-    )
-
-
-def _full(path: Path, i: int, row: Any) -> FullDatasetEntry:
-    where = f"full_dataset[{i}]"
-    _check_keys(path, where, row, _FULL_REQUIRED, _FULL_OPTIONAL)
-    return FullDatasetEntry(
-        dataset=_text(path, where, "dataset", row["dataset"]).lower(),
-        network=_text(path, where, "network", row["network"]).lower(),
-        value=_percent(path, where, "value", row["value"], allow_none=False),
-        std=_percent(path, where, "std", row.get("std"), allow_none=True),
-        source=_text(path, where, "source", row["source"]),
-        note=_text(path, where, "note", row.get("note"), allow_none=True),
-    )
+    try:
+        return from_dict(cls, row, where)
+    except ConfigError as exc:
+        raise _fail(path, where, str(exc)) from exc
 
 
 def load_published(path: str | Path | None = None) -> PublishedTable:
@@ -220,7 +192,7 @@ def load_published(path: str | Path | None = None) -> PublishedTable:
     rows, full_rows = data["entries"], data.get("full_dataset") or []
     if not isinstance(rows, list) or not isinstance(full_rows, list):
         raise _fail(path, "entries/full_dataset", "must be lists of mappings")
-    entries = [_entry(path, i, row) for i, row in enumerate(rows)]
+    entries = [_row(PublishedEntry, path, f"entries[{i}]", row) for i, row in enumerate(rows)]
     seen: set[tuple] = set()
     for i, e in enumerate(entries):
         key = (e.method, e.dataset, e.ipc, e.network, e.protocol)
@@ -233,4 +205,5 @@ def load_published(path: str | Path | None = None) -> PublishedTable:
     elif updated is not None and not isinstance(updated, str):
         raise _fail(path, "updated", f"must be a date (YYYY-MM-DD), not {updated!r}")
     return PublishedTable(version=version, entries=entries,
-                          full_dataset=[_full(path, i, row) for i, row in enumerate(full_rows)], updated=updated)
+                          full_dataset=[_row(FullDatasetEntry, path, f"full_dataset[{i}]", row)
+                                        for i, row in enumerate(full_rows)], updated=updated)

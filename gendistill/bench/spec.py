@@ -146,12 +146,17 @@ class EvalCell:
     model: str
 
     @property
+    def key(self) -> str:
+        """``<protocol>__<network>`` with the network made folder-safe (``timm:x/y`` -> ``timm-x-y``)."""
+        return f"{self.protocol}__{self.model.replace(':', '-').replace('/', '-')}"
+
+    @property
     def id(self) -> str:
-        return f"{self.distill.id}__{self.protocol}__{self.model.replace(':', '-').replace('/', '-')}"
+        return f"{self.distill.id}__{self.key}"
 
     @property
     def file_name(self) -> str:
-        return f"{self.protocol}__{self.model.replace(':', '-').replace('/', '-')}.json"
+        return f"{self.key}.json"
 
 
 _LIST_KEYS = ("methods", "datasets", "ipc", "protocols", "eval_models")
