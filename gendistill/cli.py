@@ -32,7 +32,7 @@ def dataset_options(args) -> dict:
 
 def _add_eval_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument(f"--{prefix}protocol", default=None,
-                   help="dc, cafe, dsa, mtt, idc, soft, dd, or a YAML file (default: the set's method's own)")
+                   help="dc, cafe, dsa, mtt, idc, soft, dd, krr, or a YAML file (default: the set's method's own)")
     p.add_argument(f"--{prefix}model", default=None, help="evaluation network (default: the protocol's)")
     p.add_argument(f"--{prefix}runs", type=int, default=None, help="networks to train (default: 5)")
     p.add_argument(f"--{prefix}epochs", type=int, default=None, help="override epochs (marks a reduced run)")
@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="N seeded distillations (seeds seed..seed+N-1, folders seed_<k>/), each evaluated; the "
                         "result reports mean and std over all (distillation, network) pairs and the std across "
                         "distillations")
+    p.add_argument("--metrics", action="store_true",
+                   help="also write the set-quality report (gendistill metrics) to OUT/quality.json")
     p.add_argument("--eval-runs", type=int, default=None)
     p.add_argument("--eval-epochs", type=int, default=None)
     _add_data_args(p)
@@ -101,19 +103,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_args(p)
     _add_data_args(p)
 
+    p = sub.add_parser("metrics", help="set-quality report: precision/recall/density/coverage, diversity, "
+                       "representativeness, classifier agreement, Frechet distance")
+    p.add_argument("--synset", required=True, help="synthetic-set folder, or the run folder distill wrote")
+    p.add_argument("--dataset", default=None, help="default: the dataset recorded in the set")
+    p.add_argument("--json", default=None, help="write the full report (per class too) here")
+    p.add_argument("--real-per-class", type=int, default=1000, help="real images per class compared with")
+    p.add_argument("--seed", type=int, default=0)
+    _add_data_args(p)
+
     p = sub.add_parser("export", help="export a synthetic set")
     p.add_argument("--synset", required=True, help="synthetic-set folder, or the run folder distill wrote")
     p.add_argument("--format", choices=["imagefolder", "grid"], default="imagefolder")
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("import", help="import a reference repository's output (.pt) or an exported image folder")
-    p.add_argument("--format", choices=["dc", "mtt", "imagefolder"], required=True,
-                   help="dc: res_*.pt; mtt: folder of *_best.pt; imagefolder: a folder written by export")
+    p.add_argument("--format", choices=["dc", "mtt", "imagefolder", "kip_npz"], required=True,
+                   help="dc: res_*.pt; mtt: folder of *_best.pt; imagefolder: a folder written by export; "
+                        "kip_npz: a released KIP .npz (images NHWC, labels)")
     p.add_argument("--path", required=True)
     p.add_argument("--dataset", required=True, help="the dataset it was distilled from")
     p.add_argument("--method", default=None, help="method name to record")
     p.add_argument("--out", required=True, help="synthetic-set folder to write")
     p.add_argument("--trust-pickle", action="store_true", help="allow pickled objects (runs code from the file)")
+    p.add_argument("--zca", choices=["kornia", "kip"], default=None,
+                   help="the ZCA space of the file (default: none; kip_npz '*_zca_*' files: kip)")
     _add_data_args(p)
 
     p = sub.add_parser("table", help="markdown (and CSV) table of every result JSON below the given paths")
@@ -129,6 +143,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("leaderboard", help="(re)write a benchmark folder's leaderboard.md/.csv and index.html")
     p.add_argument("dir", help="a folder written by `gendistill bench`")
+
+    p = sub.add_parser("buffers", help="train expert trajectories for trajectory matching (mtt, datm); resumable")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True, help="buffer folder (an existing one with the same settings is resumed "
+                   "or extended)")
+    p.add_argument("--experts", type=int, default=100, help="experts the folder should hold (default 100)")
+    p.add_argument("--epochs", type=int, default=50, help="epochs per expert (MTT 50, DATM 100)")
+    p.add_argument("--zca", choices=["kornia", "kip"], default=None, help="whiten the dataset with ZCA")
+    p.add_argument("--model", default="convnet", help="expert network (the distillation's student)")
+    p.add_argument("--lr", type=float, default=0.01, help="expert SGD learning rate (lr_teacher)")
+    p.add_argument("--batch", type=int, default=256, help="real images per step")
+    p.add_argument("--optimizer", choices=["sgd", "gsam"], default="sgd", help="gsam: DATM/FTD flat trajectories")
+    p.add_argument("--rho", type=float, default=0.01, help="GSAM radius (constant)")
+    p.add_argument("--alpha", type=float, default=0.3, help="GSAM surrogate-gap coefficient")
+    p.add_argument("--images-per-class", type=int, default=0, help="train on a seeded subset (0 = all)")
+    p.add_argument("--no-dsa", action="store_true", help="train without DSA augmentation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    _add_data_args(p)
 
     from .generative.commands import add_parsers
 
@@ -180,6 +213,11 @@ def _cmd_distill(args) -> int:
     from .pipeline import distill, distill_seeds, evaluate_run
 
     _fill_from_record(args)
+    if args.resolution is None:
+        from .pipeline import preferred_resolution
+
+        args.resolution = preferred_resolution(args.method, args.dataset, args.ipc, preset=args.preset,
+                                               config_file=args.config, overrides=args.set)
     splits = load_dataset(args.dataset, args.data_root, download=args.download, zca=args.zca,
                           **dataset_options(args))
     print(splits.describe())
@@ -203,6 +241,15 @@ def _cmd_distill(args) -> int:
     synset = distill(args.method, splits, args.ipc, args.out, seed=args.seed, **distill_kwargs)
     print(f"wrote {Path(args.out) / 'synset'} ({len(synset)} images, ipc {synset.ipc}, "
           f"{synset.meta.get('distill_time_s', 0):.1f} s)")
+    if args.metrics:
+        from .atomic import atomic_json
+        from .metrics import set_quality
+
+        report = set_quality(synset, splits.train, progress=not args.quiet)
+        atomic_json(Path(args.out) / "quality.json", report)
+        s = report["summary"]
+        print(f"set quality: coverage {s['coverage']:.3f}, recall {s['recall']:.3f}, precision {s['precision']:.3f}, "
+              f"agreement {s['agreement']:.3f} ({Path(args.out) / 'quality.json'})")
     if args.eval_protocol:
         result = evaluate_run(synset, splits, args.out, seed=args.seed, **eval_kwargs)
         _print_result(result)
@@ -231,6 +278,32 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_metrics(args) -> int:
+    from .metrics import set_quality
+    from .pipeline import load_for_synset
+    from .synset import SyntheticSet
+
+    synset = SyntheticSet.load(args.synset)
+    splits = load_for_synset(synset, args.data_root, args.download, args.dataset)
+    report = set_quality(synset, splits.train, real_per_class=args.real_per_class, seed=args.seed,
+                         progress=not args.quiet)
+    s = report["summary"]
+    print(f"{synset.meta.get('method', '?')} on {splits.train.name}, {len(synset)} images "
+          f"(feature network: {report['record']['feature_network']['cache']})")
+    print(f"precision {s['precision']:.3f}  recall {s['recall']:.3f}  density {s['density']:.3f}  "
+          f"coverage {s['coverage']:.3f}  agreement {s['agreement']:.3f}  FD {s['fd']:.2f}")
+    print(f"diversity {s['diversity']:.3f} (random real {s['diversity_random_real']:.3f})  "
+          f"representativeness min/max cos {s['feature_repr_min']:.3f}/{s['feature_repr_max']:.3f}  "
+          f"max cos to own class {s['feature_div_max']:.3f}  (pixels: {s['pixel_repr_min']:.3f}/"
+          f"{s['pixel_repr_max']:.3f}/{s['pixel_div_max']:.3f})")
+    if args.json:
+        from .atomic import atomic_json
+
+        atomic_json(args.json, report)
+        print(f"report: {args.json}")
+    return 0
+
+
 def _cmd_export(args) -> int:
     from .synset import SyntheticSet, save_grid
 
@@ -247,9 +320,13 @@ def _cmd_import(args) -> int:
     from .data import load_dataset
     from .synset import SyntheticSet
 
-    splits = load_dataset(args.dataset, args.data_root, download=args.download)
+    zca = args.zca or ("kip" if args.format == "kip_npz" and "_zca" in Path(args.path).name else None)
+    splits = load_dataset(args.dataset, args.data_root, download=args.download, zca=zca)
     spec = (splits.train.class_names, splits.train.preprocessing)
-    if args.format == "dc":
+    if args.format == "kip_npz":
+        synset = SyntheticSet.from_kip_npz(args.path, spec, method=args.method or "kip",
+                                           train_pixels=splits.train.pixels)
+    elif args.format == "dc":
         synset = SyntheticSet.from_dc_pt(args.path, spec, method=args.method or "dc", trust_pickle=args.trust_pickle)
     elif args.format == "imagefolder":
         synset = SyntheticSet.from_imagefolder(args.path, spec, method=args.method)
@@ -331,6 +408,24 @@ def _cmd_bench(args) -> int:
     return 1 if counts["failed"] else 0  # recorded; run the spec again to retry them
 
 
+def _cmd_buffers(args) -> int:
+    from .buffers import train_buffers
+    from .data import load_dataset
+
+    splits = load_dataset(args.dataset, args.data_root, download=args.download, zca=args.zca,
+                          **dataset_options(args))
+    print(splits.describe())
+    buffer = train_buffers(splits, args.out, args.experts, args.epochs, args.zca, seed=args.seed,
+                           device=args.device, progress=not args.quiet, model=args.model, lr=args.lr,
+                           batch_size=args.batch, optimizer=args.optimizer, rho=args.rho, alpha=args.alpha,
+                           images_per_class=args.images_per_class, dsa=not args.no_dsa)
+    accs = [e["test_accuracy"] for e in buffer.experts if "test_accuracy" in e]
+    acc = f"; final test accuracy {sum(accs) / len(accs):.2f} % (mean of {len(accs)})" if accs else ""
+    print(f"wrote {args.out}: {buffer.num_experts} experts x {buffer.epochs} epochs ({buffer.num_params} "
+          f"parameters per snapshot){acc}")
+    return 0
+
+
 def _cmd_leaderboard(args) -> int:
     import yaml
 
@@ -364,10 +459,11 @@ def _cmd_quickstart(args) -> int:
 
 
 COMMANDS = {"methods": _cmd_methods, "config": _cmd_config, "datasets": _cmd_datasets, "networks": _cmd_networks,
-            "distill": _cmd_distill, "eval": _cmd_eval, "export": _cmd_export, "import": _cmd_import,
+            "distill": _cmd_distill, "eval": _cmd_eval, "metrics": _cmd_metrics, "export": _cmd_export,
+            "import": _cmd_import,
             "table": _cmd_table, "bench": _cmd_bench, "leaderboard": _cmd_leaderboard,
             "pretrain": _cmd_generative, "finetune": _cmd_generative, "sample": _cmd_generative,
-            "quickstart": _cmd_quickstart}
+            "quickstart": _cmd_quickstart, "buffers": _cmd_buffers}
 
 
 def _dispatch(args) -> int:

@@ -15,13 +15,12 @@ import torch
 
 from .data import RealDataset
 from .errors import GendistillError
-from .evaluation import EvalProtocol, train_network
+from .features import FeatureSpec, dataset_features
 from .methods import Distiller, register_method
-from .nets import create_network
 from .seeding import derive_seed, make_generator
 from .synset import SyntheticSet
 
-__all__ = ["CoresetConfig", "class_features", "feature_network", "kcenter_greedy"]
+__all__ = ["CoresetConfig", "class_features", "kcenter_greedy"]
 
 
 @dataclasses.dataclass
@@ -42,40 +41,15 @@ class CoresetConfig:
     feature_images_per_class: int = 0
     device: str = "cpu"
 
-
-def feature_network(train: RealDataset, config: CoresetConfig, seed: int, progress: bool = False) -> torch.nn.Module:
-    """The network of the ``trained``/``random`` feature spaces (trained briefly on ``train`` for ``trained``)."""
-    device = torch.device(config.device)
-    c, h, _ = train.image_shape
-    net = create_network(config.feature_model, c, train.num_classes, h, seed=derive_seed(seed, "features"))
-    if config.features == "trained":
-        images = train.images()
-        gen = make_generator(derive_seed(seed, "feature-data"))
-        if config.feature_images_per_class:
-            idx = train.sample_indices(config.feature_images_per_class, gen).reshape(-1)
-        else:
-            idx = torch.arange(len(train))
-        # train_network runs epochs + 1 passes (the reference loop), so epochs = feature_epochs - 1.
-        protocol = EvalProtocol(name="feature", epochs=max(config.feature_epochs, 1) - 1, schedule="constant")
-        train_network(net, images[idx], train.labels[idx], protocol, gen, flip_ok=train.flip_ok, device=device,
-                      progress=progress, desc=f"feature network ({config.feature_model}, {len(idx)} real images)")
-    return net.to(device).eval()
+    def feature_spec(self) -> FeatureSpec:
+        """The shared feature-space description (:mod:`gendistill.features`)."""
+        return FeatureSpec(space=self.features, model=self.feature_model, epochs=self.feature_epochs,
+                           images_per_class=self.feature_images_per_class, device=self.device)
 
 
 def class_features(train: RealDataset, config: CoresetConfig, seed: int, progress: bool = False) -> torch.Tensor:
     """``[N, D]`` features of every training image in the configured feature space."""
-    from tqdm.auto import tqdm
-
-    if config.features == "pixels":
-        return train.images().flatten(1)
-    net = feature_network(train, config, seed, progress)
-    device = torch.device(config.device)
-    feats = []
-    with torch.inference_mode():
-        for xb, _ in tqdm(train.batches(1000), total=-(-len(train) // 1000), desc=f"embedding {len(train)} images",
-                          unit="batch", disable=not progress, leave=False):
-            feats.append(net.embed(xb.to(device)).float().cpu())
-    return torch.cat(feats)
+    return dataset_features(train, config.feature_spec(), seed, progress)
 
 
 def kcenter_greedy(feats: torch.Tensor, k: int) -> torch.Tensor:

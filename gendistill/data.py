@@ -89,6 +89,7 @@ class RealDataset:
         self.name = name
         self.split = split
         self.flip_ok = flip_ok
+        self.data_root: Path | None = None  # set by load_dataset (where caches next to the data may go)
         self._cache: torch.Tensor | None = None
         counts = torch.bincount(self.labels, minlength=self.num_classes)
         order = torch.argsort(self.labels, stable=True)
@@ -283,6 +284,8 @@ def load_dataset(
     splits = spec.loader(root, download, **options)
     splits.source = {"data_root": str(root), **{k: v for k, v in options.items() if v is not None},
                      **splits.source}
+    for split in (splits.train, splits.test):
+        split.data_root = root
     if zca:
         splits.apply_zca(zca, zca_eps, cache_dir=root / ".gendistill_cache")
     return splits

@@ -9,7 +9,7 @@ from typing import Any
 
 from .config import config_to_dict, load_config
 from .data import DatasetSplits, load_dataset
-from .errors import ConfigError
+from .errors import ConfigError, GendistillError
 from .evaluation import EvalResult, evaluate
 from .methods import get_method
 from .results import format_table, result_row
@@ -61,11 +61,25 @@ def resolve_config(method: str, dataset: str, ipc: int, *, preset: str | None = 
                        overrides=overrides)
 
 
+def preferred_resolution(method: str, dataset: str, ipc: int, *, preset: str | None = None,
+                         config_file: str | Path | None = None, overrides: list[str] | None = None) -> int | None:
+    """The image size a method's resolved config asks the dataset to be loaded at (its ``resolution`` field, e.g.
+    the ImageNet-subset Minimax presets' 256 px), or None. An explicit ``--resolution`` always wins."""
+    try:
+        config = resolve_config(method, dataset, ipc, preset=preset, config_file=config_file, overrides=overrides)
+    except GendistillError:
+        return None  # the real error is raised again, with its message, where the config is built
+    value = getattr(config, "resolution", 0)
+    return int(value) if value else None
+
+
 # Budget fields: lowering one below the preset's value makes a reduced run. For those in ZERO_IS_FULL, 0 means
 # "the full budget" (DD's computed iteration count, all real images, uncapped CAFE phases).
 BUDGET_FIELDS = ("iterations", "epochs", "batch_real", "pretrain_steps", "finetune_steps", "feature_epochs",
-                 "feature_images_per_class", "max_outer", "max_inner", "outer_loop", "inner_loop")
-ZERO_IS_FULL = {"iterations", "feature_images_per_class", "max_outer", "max_inner", "outer_loop", "inner_loop"}
+                 "feature_images_per_class", "max_outer", "max_inner", "outer_loop", "inner_loop",
+                 "syn_steps", "batch_syn", "buffer_experts", "buffer_epochs", "buffer_images_per_class")
+ZERO_IS_FULL = {"iterations", "feature_images_per_class", "max_outer", "max_inner", "outer_loop", "inner_loop",
+                "batch_syn", "buffer_images_per_class"}
 
 
 def budget_reductions(config: Any, reference: Any) -> list[str]:

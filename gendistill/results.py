@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,9 @@ from typing import Any
 __all__ = ["format_csv", "format_table", "is_result", "load_results", "result_row"]
 
 COLUMNS = ["method", "dataset", "ipc", "accuracy (%)", "runs", "eval net", "protocol", "epochs", "aug", "labels",
-           "lr", "zca", "reduced"]
+           "lr", "zca", "reduced", "coverage", "recall", "agreement"]
+# Set-quality columns, filled from a ``quality.json`` (``gendistill metrics``) next to the result file.
+QUALITY_COLUMNS = ("coverage", "recall", "agreement")
 
 
 def result_row(result: dict[str, Any], method: str | None = None) -> dict[str, str]:
@@ -33,6 +36,7 @@ def result_row(result: dict[str, Any], method: str | None = None) -> dict[str, s
         "lr": "learned" if p.get("lr_from_synset") else f"{p['lr']:g} ({p['schedule']})",
         "zca": p.get("zca", "none"),
         "reduced": _reduced(result),
+        **{k: f"{q[k]:.3f}" for q in [result.get("quality") or {}] for k in QUALITY_COLUMNS if q.get(k) is not None},
     }
 
 
@@ -99,12 +103,21 @@ def load_results(paths: list[str | Path]) -> list[dict[str, Any]]:
                 except (json.JSONDecodeError, UnicodeDecodeError, OSError):
                     continue
                 if is_result(record):
-                    found.append(record)
+                    found.append(_with_quality(record, f))
         else:
             if not p.is_file():
                 raise GendistillError(f"{p} does not exist; pass result JSON files or folders holding them")
             record = json.loads(p.read_text())
             if not is_result(record):
                 raise GendistillError(f"{p} is not an evaluation result (no mean/accs/protocol)")
-            found.append(record)
+            found.append(_with_quality(record, p))
     return found
+
+
+def _with_quality(record: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Attach the summary of a ``quality.json`` lying next to the result file (as ``record["quality"]``)."""
+    quality = path.parent / "quality.json"
+    if "quality" not in record and quality.is_file() and quality != path:
+        with contextlib.suppress(json.JSONDecodeError, OSError):
+            record = {**record, "quality": json.loads(quality.read_text()).get("summary")}
+    return record

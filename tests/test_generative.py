@@ -127,15 +127,18 @@ def test_minimax_losses_on_hand_made_vectors():
     labels = torch.tensor([0, 0, 1])  # class 1 has real entries but no predictions yet: skipped
     rep, div, active = minimax_losses(x, labels, real, pred)
     # class 0: min cos over {(2,0),(1,1)} x {(1,0),(0,1)} = cos((2,0),(0,1)) = 0 -> L_r = 1;
-    # max cos with the prediction (1,1): cos((1,1),(1,1)) = 1 -> L_d = 1.
+    # max cos with the prediction (1,1): cos((1,1),(1,1)) = 1 -> L_d = 1. Two classes are present in the batch
+    # (the reference's num_ry = 2, the class without predictions included), so both are halved.
     assert int(active) == 1
-    assert math.isclose(rep.item(), 1.0, abs_tol=1e-6) and math.isclose(div.item(), 1.0, abs_tol=1e-6)
+    assert math.isclose(rep.item(), 0.5, abs_tol=1e-6) and math.isclose(div.item(), 0.5, abs_tol=1e-6)
     (rep + div).backward()
     assert x.grad[2].abs().sum() == 0  # the skipped class gets no gradient
     smooth_rep, smooth_div, _ = minimax_losses(x.detach(), labels, real, pred, temperature=1e-4)
-    assert math.isclose(float(smooth_rep), 1.0, abs_tol=1e-3) and math.isclose(float(smooth_div), 1.0, abs_tol=1e-3)
+    assert math.isclose(float(smooth_rep), 0.5, abs_tol=1e-3) and math.isclose(float(smooth_div), 0.5, abs_tol=1e-3)
     soft_rep, _, _ = minimax_losses(x.detach(), labels, real, pred, temperature=1.0)
-    assert float(soft_rep) > 1.0  # the soft minimum lies below the hard one
+    assert float(soft_rep) > 0.5  # the soft minimum lies below the hard one
+    only_zero, _, _ = minimax_losses(x[:2].detach(), labels[:2], real, pred)
+    assert math.isclose(float(only_zero), 1.0, abs_tol=1e-6)  # one class present: num_ry = 1
 
 
 def test_loss_comes_before_the_memory_update_and_first_appearance_only_fills():
@@ -466,3 +469,68 @@ def test_latent_space_finetune_and_sample(tmp_path):
     assert loaded.space == "latent" and loaded.vae_encoder is not loaded.vae_decoder
     pixels, labels, _ = generate(loaded, rgb, 1, config, progress=False)
     assert pixels.shape == (10, 3, 16, 16) and torch.isfinite(pixels).all()
+
+
+# ------------------------------------------------------------------------------ gradient balance (issue 10)
+def _finetune_logs(tiny_train, out, **overrides):
+    config = MinimaxConfig(**{**TINY, "finetune_steps": 2, "checkpoint_every": 0, "log_every": 1, **overrides})
+    train_backbone(tiny_backbone(), tiny_train, torch.arange(10), config.train_spec("finetune"), out,
+                   progress=False)
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_gradient_norms_of_each_term_are_logged_and_scale_with_lambda(tiny_train, tmp_path):
+    base = _finetune_logs(tiny_train, tmp_path / "a", batch_size=20)
+    tenfold = _finetune_logs(tiny_train, tmp_path / "b", batch_size=20, lambda_pos=0.02, lambda_neg=0.08)
+    for lines in (base, tenfold):
+        assert {"grad_norm_diffusion", "grad_norm_repr", "grad_norm_div", "grad_ratio_minimax"} <= set(lines[-1])
+        assert lines[0]["grad_norm_repr"] == 0.0 and lines[-1]["grad_norm_repr"] > 0  # step 1 only fills memories
+    # step 1 has no Minimax term, so both runs reach step 2 with the same weights and memories.
+    assert tenfold[-1]["grad_norm_diffusion"] == pytest.approx(base[-1]["grad_norm_diffusion"], rel=1e-5)
+    assert tenfold[-1]["grad_norm_repr"] == pytest.approx(10 * base[-1]["grad_norm_repr"], rel=1e-4)
+    assert tenfold[-1]["grad_ratio_minimax"] == pytest.approx(10 * base[-1]["grad_ratio_minimax"], rel=1e-4)
+    no_minimax = _finetune_logs(tiny_train, tmp_path / "c", lambda_pos=0.0, lambda_neg=0.0)
+    assert "grad_norm_diffusion" in no_minimax[-1] and "grad_norm_repr" not in no_minimax[-1]
+
+
+def test_epsilon_jacobian_rescales_the_v_model_gradient_only():
+    v = GaussianDiffusion.linear(prediction="v_prediction")
+    eps = GaussianDiffusion.linear(prediction="epsilon")
+    t = torch.tensor([10, 900])
+    x = torch.randn(2, 1, 2, 2, requires_grad=True)
+    out = v.epsilon_jacobian_x0(x * 1.0, t)
+    assert torch.equal(out.detach(), x.detach())
+    out.sum().backward()
+    a = v.sqrt_alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    assert torch.allclose(x.grad, (1.0 / a).expand_as(x))
+    y = torch.randn(2, 3)
+    assert eps.epsilon_jacobian_x0(y, t) is y
+    # the epsilon model's Jacobian really is the v model's divided by sqrt(abar)
+    xt, pred = torch.randn(2, 1, 2, 2), torch.zeros(2, 1, 2, 2, requires_grad=True)
+    gv = torch.autograd.grad(v.eps_and_x0(pred, xt, t)[1].sum(), pred)[0]
+    ge = torch.autograd.grad(eps.eps_and_x0(pred, xt, t)[1].sum(), pred)[0]
+    assert torch.allclose(ge, gv / a, rtol=1e-5)
+
+
+def test_centred_cosine_removes_a_shared_offset():
+
+    real, pred = ClassMemory(1, 4, 2), ClassMemory(1, 4, 2)
+    offset = torch.tensor([100.0, 100.0])
+    real.push(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]) + offset, torch.tensor([0, 0]))
+    pred.push(torch.tensor([[0.0, 1.0]]) + offset, torch.tensor([0]))
+    x = torch.tensor([[0.0, -1.0]]) + offset
+    raw_rep, raw_div, _ = minimax_losses(x, torch.tensor([0]), real, pred)
+    assert float(raw_div) > 0.99  # the offset makes everything alike
+    rep, div, _ = minimax_losses(x, torch.tensor([0]), real, pred, center=offset)
+    assert math.isclose(float(div), -1.0, abs_tol=1e-6) and math.isclose(float(rep), 1.0, abs_tol=1e-6)
+
+
+def test_imagenet_subset_presets_ask_for_256_px_and_explicit_resolution_wins():
+    from gendistill.pipeline import preferred_resolution
+
+    for method in ("minimax", "dit"):
+        for ds in ("imagenette", "imagewoof", "imageidc"):
+            assert preferred_resolution(method, ds, 10) == 256
+    assert preferred_resolution("minimax", "mnist", 10, preset="cpu") is None
+    assert preferred_resolution("dm", "mnist", 10) is None
+    assert preferred_resolution("minimax", "imagenette", 10, overrides=["resolution=128"]) == 128

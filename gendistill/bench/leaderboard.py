@@ -25,12 +25,12 @@ CSV_COLUMNS = [
     "gap", "distill_time_s", "eval_time_s", "peak_memory_mb", "device", "flops",
     # extra columns so the CSV carries what the tables show
     "protocol_epochs", "augmentation", "lr", "published_network", "published_citation", "published_like_for_like",
-    "precision", "recall", "density", "coverage", "diversity", "grid", "run_dir",
+    "precision", "recall", "density", "coverage", "diversity", "agreement", "grid", "run_dir",
 ]
 MAIN_HEADERS = ["cell", "method", "dataset", "IPC", "seed", "eval net", "protocol (recipe)", "status",
                 "accuracy (%)", "reduced", "published (%)", "gap (pts)", "distill time (s)", "eval time (s)",
                 "peak mem (MB)", "device", "FLOPs"]
-QUALITY_KEYS = ["precision", "recall", "density", "coverage", "diversity"]
+QUALITY_KEYS = ["precision", "recall", "density", "coverage", "diversity", "agreement"]
 ROBUST_KEYS = ["hlr", "ior", "lrs", "ars"]
 HEADER_NOTE = (
     "Accuracies are FINAL-EPOCH test accuracies in percent: mean ± population std over the evaluation runs "
@@ -360,8 +360,10 @@ def write_leaderboard(cells: list[dict], out_dir: Path, *, published: Callable |
     grids = [(f, f"Image grid: {f['label']} {f['dataset']} IPC {f['ipc']} seed {f['distill_seed']}")
              for f in _sets([f for f in facts if f["grid"]]).values()]
     sections = [
-        ("Set quality", "Precision/recall/density/coverage of the synthetic set against real features, and "
-         "diversity (fractions, higher is better).", q_head, quality, "quality", "No set-quality scores."),
+        ("Set quality", "`gendistill metrics` in the feature space of a ConvNet trained on the real training split: "
+         "precision/recall/density/coverage (k = 5) against real features; diversity = mean within-class feature "
+         "distance relative to a random real subset of the same size (1 = as diverse as real); agreement = share "
+         "of images that network assigns to their label.", q_head, quality, "quality", "No set-quality scores."),
         ("Robust scores", ROBUST_NOTE, r_head, _robust_rows(robust), "robust", "No robust scores."),
         ("Cross-architecture", "Mean final-epoch accuracy (%) per evaluation network, averaged over distillation "
          "seeds.", x_head, x_rows, "xarch", "No finished cells."),

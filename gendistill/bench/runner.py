@@ -90,9 +90,38 @@ def run_distill_cell(spec_dict: dict[str, Any], cell_index: int, out: str, data_
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_json(failed, {"error": _one_line(exc), "traceback": traceback.format_exc()})
         return cell.id
+    if spec.quality:
+        _run_quality(synset, splits, run_dir, progress)
     for ecell in spec.eval_cells(cell):
         _run_eval_cell(spec, ecell, synset, splits, run_dir, progress)
     return cell.id
+
+
+def _run_quality(synset: Any, splits: Any, run_dir: Path, progress: bool) -> None:
+    """The set-quality report into ``quality.json`` (once; a failure is recorded, the cell goes on)."""
+    from ..metrics import set_quality
+
+    target = run_dir / "quality.json"
+    if target.is_file():
+        return
+    try:
+        atomic_json(target, set_quality(synset, splits.train, progress=progress))
+        target.with_suffix(".failed.json").unlink(missing_ok=True)
+    except Exception as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        atomic_json(target.with_suffix(".failed.json"), {"error": _one_line(exc),
+                                                         "traceback": traceback.format_exc()})
+
+
+def _quality_columns(report: dict[str, Any] | None) -> dict[str, float] | None:
+    """The leaderboard's set-quality columns from a report: PRDC, diversity relative to random real, agreement."""
+    if not report:
+        return None
+    s = report["summary"]
+    ratio = s["diversity"] / s["diversity_random_real"] if s.get("diversity_random_real") else None
+    return {**{k: s.get(k) for k in ("precision", "recall", "density", "coverage", "agreement")},
+            "diversity": ratio}
 
 
 def _run_eval_cell(spec: BenchSpec, ecell: EvalCell, synset: Any, splits: Any, run_dir: Path,
@@ -164,7 +193,7 @@ def collect_cells(spec: BenchSpec, out: str | Path) -> list[dict[str, Any]]:
                 "device": (result or {}).get("device") or cost.get("device"),
                 "flops": meta.get("flops_per_iteration"),
                 "grid": str(grid.relative_to(out)) if grid.is_file() else None,
-                "quality": meta.get("quality"),
+                "quality": _quality_columns(_read(run_dir / "quality.json")),
                 "run_dir": str(run_dir.relative_to(out)),
             })
     return cells

@@ -74,6 +74,7 @@ class BenchSpec:
         gpus_per_cell: GPUs a cell asks Ray for.
         device: where cells run (``cpu``, ``cuda``).
         checkpoint_every: distillation iterations between checkpoints.
+        quality: write each distilled set's set-quality report (:mod:`gendistill.metrics`) to ``quality.json``.
     """
 
     methods: list[MethodEntry]
@@ -91,6 +92,7 @@ class BenchSpec:
     gpus_per_cell: float = 0.0
     device: str = "cpu"
     checkpoint_every: int = 100
+    quality: bool = True
 
     def distill_cells(self) -> list[DistillCell]:
         """One cell per (method entry, dataset, IPC, distillation seed)."""

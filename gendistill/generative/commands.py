@@ -100,6 +100,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.command == "sample":
         _fill_sample_args(args)
+    if args.resolution is None and args.dataset:
+        from ..pipeline import preferred_resolution
+
+        args.resolution = preferred_resolution("minimax", args.dataset, 0, preset=args.preset,
+                                               config_file=args.config, overrides=list(args.set))
     splits = load_dataset(args.dataset, args.data_root, download=args.download, **dataset_options(args))
     out = Path(args.out)
     if args.command == "pretrain":

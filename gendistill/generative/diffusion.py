@@ -187,6 +187,19 @@ class GaussianDiffusion:
         b = self._at(self.sqrt_one_minus_alphas_cumprod, t, x_t)
         return b * x_t + a * pred, a * x_t - b * pred
 
+    def epsilon_jacobian_x0(self, x0_hat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``x0_hat`` with its gradient rescaled to the epsilon-parameterisation's Jacobian (same value).
+
+        Under v-prediction ``d x0_hat / d v = -sqrt(1 - abar)``; under epsilon-prediction ``d x0_hat / d eps =
+        -sqrt(1 - abar) / sqrt(abar)``. Dividing the gradient path by ``sqrt(abar)`` gives a v-model's Minimax
+        terms the strength they have in the reference's epsilon model (an extension, off by default).
+        """
+        if self.prediction == "epsilon":
+            return x0_hat
+        scale = self._at(self.sqrt_alphas_cumprod, t, x0_hat)
+        frozen = x0_hat.detach()
+        return frozen + (x0_hat - frozen) / scale
+
     # ------------------------------------------------------------------------------------------------ training
     def training_losses(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
                         t: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -6,10 +6,11 @@ detached predictions ``x0_hat``. For every class present in a batch whose predic
 * representativeness ``L_r = 1 - min_{i, m} cos(x0_hat_i, real_m)``: pull toward the least similar real sample;
 * diversity ``L_d = max_{i, p} cos(x0_hat_i, pred_p)``: push away from the most similar earlier prediction;
 
-both averaged over those classes. The losses are computed before the memories take the batch in, so a class
-seen for the first time only fills its memories. With ``temperature > 0`` the hard min / max become the smooth
-``-T logsumexp(-cos / T)`` / ``T logsumexp(cos / T)`` (an option, reported separately from the reference).
-Everything is batched over classes: no Python loop over images or classes.
+both summed over those classes and divided by the number of classes present in the batch (the reference's
+``num_ry``, which also counts classes whose memory is still empty). The losses are computed before the memories
+take the batch in, so a class seen for the first time only fills its memories. With ``temperature > 0`` the hard
+min / max become the smooth ``-T logsumexp(-cos / T)`` / ``T logsumexp(cos / T)`` (an option, reported
+separately from the reference). Everything is batched over classes: no Python loop over images or classes.
 """
 
 from __future__ import annotations
@@ -85,13 +86,17 @@ def _class_logsumexp(values: torch.Tensor, labels: torch.Tensor, num_classes: in
 
 
 def _extreme_similarity(pred: torch.Tensor, labels: torch.Tensor, memory: ClassMemory, largest: bool,
-                        temperature: float, active: torch.Tensor) -> torch.Tensor:
+                        temperature: float, active: torch.Tensor, center: torch.Tensor | None = None
+                        ) -> torch.Tensor:
     """Per class: the (soft) max or min over samples of that class and memory entries of cosine similarity.
 
     Rows of inactive classes are left unmasked so that every reduction stays finite (their values are unused).
     """
     num_classes = memory.items.shape[0]
-    bank = F.normalize(memory.items[labels], dim=-1)  # [B, capacity, dim]
+    items = memory.items[labels] if center is None else memory.items[labels] - center
+    if center is not None:
+        pred = pred - center
+    bank = F.normalize(items, dim=-1)  # [B, capacity, dim]
     cos = torch.einsum("bd,bkd->bk", F.normalize(pred, dim=-1), bank)
     valid = memory.valid_mask()[labels] | ~active[labels].unsqueeze(1)
     sign = 1.0 if largest else -1.0
@@ -104,7 +109,8 @@ def _extreme_similarity(pred: torch.Tensor, labels: torch.Tensor, memory: ClassM
 
 
 def minimax_losses(pred: torch.Tensor, labels: torch.Tensor, real_memory: ClassMemory, pred_memory: ClassMemory,
-                   temperature: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   temperature: float = 0.0, center: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Representativeness and diversity losses of a batch against the current memories.
 
     Args:
@@ -112,19 +118,21 @@ def minimax_losses(pred: torch.Tensor, labels: torch.Tensor, real_memory: ClassM
         labels: their classes ``[B]``.
         real_memory / pred_memory: the two memories (read only here).
         temperature: 0 for the reference's hard min/max, else the smooth version.
+        center: extension: subtract this vector from every sample before the cosine (mean-centred cosine;
+            None = the reference's raw cosine).
 
     Returns:
-        ``(L_r, L_d, active)``: the class-averaged losses (zero when no class is active) and the number of
-        classes that contributed.
+        ``(L_r, L_d, active)``: the losses summed over active classes divided by the number of classes present
+        in the batch (zero when no class is active), and the number of classes that contributed.
     """
     num_classes = real_memory.items.shape[0]
     present = torch.zeros(num_classes, dtype=torch.bool, device=labels.device)
     present[labels] = True
     active = present & (pred_memory.count > 0) & (real_memory.count > 0)
     n_active = active.sum()
-    denom = n_active.clamp_min(1).to(pred.dtype)
-    min_real = _extreme_similarity(pred, labels, real_memory, False, temperature, active)
-    max_pred = _extreme_similarity(pred, labels, pred_memory, True, temperature, active)
+    denom = present.sum().clamp_min(1).to(pred.dtype)  # the reference's num_ry: classes present in the batch
+    min_real = _extreme_similarity(pred, labels, real_memory, False, temperature, active, center)
+    max_pred = _extreme_similarity(pred, labels, pred_memory, True, temperature, active, center)
     zero = torch.zeros_like(min_real)
     rep = torch.where(active, 1.0 - min_real, zero).sum() / denom
     div = torch.where(active, max_pred, zero).sum() / denom
@@ -138,10 +146,23 @@ class MinimaxMemories:
         self.real = ClassMemory(num_classes, capacity, dim, device)
         self.pred = ClassMemory(num_classes, capacity, dim, device)
 
+    def real_mean(self) -> torch.Tensor | None:
+        """Mean of every real entry held (all classes), or None while the memory is empty."""
+        mask = self.real.valid_mask()
+        if not bool(mask.any()):
+            return None
+        return self.real.items[mask].mean(0)
+
     def losses_then_update(self, pred: torch.Tensor, real: torch.Tensor, labels: torch.Tensor,
-                           temperature: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The losses against the memories as they stand, then the batch enters both memories."""
-        rep, div, active = minimax_losses(pred, labels, self.real, self.pred, temperature)
+                           temperature: float = 0.0, centered: bool = False
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The losses against the memories as they stand, then the batch enters both memories.
+
+        ``centered`` (extension): cosines of samples minus the mean real entry held, so a background shared by
+        every image (MNIST's -1 border) stops dominating the similarity.
+        """
+        center = self.real_mean() if centered else None
+        rep, div, active = minimax_losses(pred, labels, self.real, self.pred, temperature, center)
         self.real.push(real, labels)
         self.pred.push(pred.detach(), labels)
         return rep, div, active

@@ -44,6 +44,8 @@ class MinimaxConfig(BaseConfig):
     Attributes:
         pretrained: local folder or hub id of a DiT pipeline (``facebook/DiT-XL-2-256`` layout); empty = pretrain one
             on the dataset first.
+        resolution: image size to load the dataset at when ``--resolution`` is not given (0 = the dataset's
+            default). The ImageNet-subset presets set 256 so that the real memories are not upsampled from 128.
         vae_encoder / vae_decoder: other VAEs (the reference: ``stabilityai/sd-vae-ft-ema`` to encode,
             ``stabilityai/sd-vae-ft-mse`` to decode); for pretraining in latent space, the VAE to use.
         tie_embeddings: share one conditioning embedder across the diffusers blocks.
@@ -63,6 +65,10 @@ class MinimaxConfig(BaseConfig):
         lambda_pos / lambda_neg: representativeness / diversity weights (0.002 / 0.008).
         memory_size: entries per class in each FIFO memory (64).
         temperature: 0 = hard min/max (reference); > 0 = smooth logsumexp version.
+        minimax_jacobian: ``native`` (the reference: the Minimax terms see ``x0_hat`` of the model's own
+            parameterisation) or ``epsilon`` (extension for v-prediction models: the terms' gradient path is
+            rescaled to the epsilon-parameterisation's Jacobian, 1/sqrt(abar) stronger; no effect on epsilon models).
+        minimax_centered: extension: cosines of samples minus the mean real memory entry (mean-centred cosine).
         label_dropout: probability of the null label in training (keeps guidance working).
         flip: random horizontal flips (skipped for digit datasets).
         max_grad_norm: fine-tuning gradient clipping (0 = off, as the reference).
@@ -82,6 +88,7 @@ class MinimaxConfig(BaseConfig):
     """
 
     pretrained: str = ""
+    resolution: int = 0
     vae_encoder: str = ""
     vae_decoder: str = ""
     tie_embeddings: bool = True
@@ -105,6 +112,8 @@ class MinimaxConfig(BaseConfig):
     lambda_neg: float = 0.008
     memory_size: int = 64
     temperature: float = 0.0
+    minimax_jacobian: str = "native"
+    minimax_centered: bool = False
     label_dropout: float = 0.1
     flip: bool = True
     max_grad_norm: float = 0.0
@@ -126,6 +135,7 @@ class MinimaxConfig(BaseConfig):
             (self.space in ("auto", "pixel", "latent"), "space must be auto, pixel or latent"),
             (self.prediction in ("epsilon", "v_prediction"), "prediction must be epsilon or v_prediction"),
             (self.trainable in ("difffit", "full"), "trainable must be difffit or full"),
+            (self.minimax_jacobian in ("native", "epsilon"), "minimax_jacobian must be native or epsilon"),
             (self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision must be no, bf16 or fp16"),
             (self.select in ("first", "kcenter", "confidence"), "select must be first, kcenter or confidence"),
             (self.oversample >= 1.0, "oversample must be >= 1"),
@@ -150,7 +160,8 @@ class MinimaxConfig(BaseConfig):
                              max_grad_norm=self.pretrain_max_grad_norm, **common)
         return TrainSpec("finetune", self.finetune_steps, self.batch_size, self.lr, self.weight_decay,
                          self.ema_decay, self.trainable, self.lambda_pos, self.lambda_neg, self.memory_size,
-                         self.temperature, max_grad_norm=self.max_grad_norm, **common)
+                         self.temperature, minimax_jacobian=self.minimax_jacobian,
+                         minimax_centered=self.minimax_centered, max_grad_norm=self.max_grad_norm, **common)
 
 
 # -------------------------------------------------------------------------------------------- class ids
@@ -268,13 +279,12 @@ def _select(pixels: torch.Tensor, labels: torch.Tensor, train: RealDataset, ipc:
     per_class = pixels.shape[0] // train.num_classes
     if config.select == "first" or per_class == ipc:
         return torch.cat([torch.arange(c * per_class, c * per_class + ipc) for c in range(train.num_classes)])
-    from ..coreset import CoresetConfig, feature_network, kcenter_greedy
+    from ..coreset import kcenter_greedy
+    from ..features import FeatureSpec, embed, feature_network
 
-    net = feature_network(train, CoresetConfig(feature_epochs=config.select_epochs, device=config.device), seed)
-    x = train.preprocessing.apply(resize_pixels(pixels, train.image_shape[-1])).to(config.device)
-    with torch.inference_mode():
-        feats = torch.cat([net.embed(b).float().cpu() for b in x.split(500)])
-        logits = torch.cat([net(b).float().cpu() for b in x.split(500)])
+    net = feature_network(train, FeatureSpec(epochs=config.select_epochs, device=config.device), seed)
+    x = train.preprocessing.apply(resize_pixels(pixels, train.image_shape[-1]))
+    feats, logits = embed(net, x, device=config.device, batch_size=500, logits=True)
     chosen = []
     for c in range(train.num_classes):
         rows = torch.arange(c * per_class, (c + 1) * per_class)

@@ -44,6 +44,8 @@ class TrainSpec:
     lambda_neg: float = 0.0
     memory_size: int = 64
     temperature: float = 0.0
+    minimax_jacobian: str = "native"
+    minimax_centered: bool = False
     label_dropout: float = 0.1
     flip: bool = True
     max_grad_norm: float = 0.0
@@ -165,6 +167,11 @@ def train_backbone(backbone: Backbone, train: RealDataset, class_ids: torch.Tens
     from tqdm.auto import tqdm
 
     _prepare_pixels(train, backbone)
+    if spec.stage == "finetune" and train.image_shape[-1] < backbone.image_size:
+        logging.getLogger(__name__).warning(
+            "%s is loaded at %d px but the model works at %d px: the real images (and memories) are upsampled; "
+            "load the dataset at --resolution %d to fine-tune on full-resolution images",
+            train.name, train.image_shape[-1], backbone.image_size, backbone.image_size)
     if spec.device != "cpu" and not torch.cuda.is_available():
         raise ConfigError(f"device {spec.device!r} requested but no GPU is visible; use --set device=cpu")
     out.mkdir(parents=True, exist_ok=True)
@@ -240,12 +247,20 @@ def train_backbone(backbone: Backbone, train: RealDataset, class_ids: torch.Tens
                                                   noise[mine].to(device))
         loss = out_terms["loss"].mean()
         logs = {"loss_diffusion": loss.detach(), "mse": out_terms["mse"].mean().detach()}
+        terms = {"diffusion": loss}
         if memories is not None:
-            pred = _gather_keep_grad(accelerator, out_terms["x0_hat"].flatten(1).float())
+            x0_hat = out_terms["x0_hat"]
+            if spec.minimax_jacobian == "epsilon":
+                x0_hat = diffusion.epsilon_jacobian_x0(x0_hat, t[mine].to(device))
+            pred = _gather_keep_grad(accelerator, x0_hat.flatten(1).float())
             real = _gather_keep_grad(accelerator, x0.flatten(1).float())
-            rep, div, active = memories.losses_then_update(pred, real, labels.to(device), spec.temperature)
-            loss = loss + world * (spec.lambda_pos * rep + spec.lambda_neg * div)
+            rep, div, active = memories.losses_then_update(pred, real, labels.to(device), spec.temperature,
+                                                           spec.minimax_centered)
+            terms.update(repr=world * spec.lambda_pos * rep, div=world * spec.lambda_neg * div)
+            loss = loss + terms["repr"] + terms["div"]
             logs.update(loss_repr=rep.detach(), loss_div=div.detach(), active_classes=active)
+        if world == 1 and ((step + 1) % spec.log_every == 0 or step + 1 == spec.steps):
+            logs.update(_gradient_norms(terms, list(trainable.values())))
         accelerator.backward(loss)
         if spec.max_grad_norm > 0:
             accelerator.clip_grad_norm_(list(trainable.values()), spec.max_grad_norm)
@@ -283,6 +298,29 @@ def train_backbone(backbone: Backbone, train: RealDataset, class_ids: torch.Tens
     for p in net.parameters():
         p.requires_grad_(False)
     return target
+
+
+def _gradient_norms(terms: dict[str, torch.Tensor], params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """L2 norm of each (weighted) loss term's gradient on the trainable parameters: ``grad_norm_<term>``, plus
+    ``grad_ratio_minimax`` = |grad(repr + div)| / |grad(diffusion)| when the Minimax terms are on.
+
+    Logged every log step (single process), so the balance between the terms shows in ``metrics.jsonl``.
+    """
+    norms, grads = {}, {}
+    for name, term in terms.items():
+        if not term.requires_grad:
+            grads[name] = None
+            norms[f"grad_norm_{name}"] = torch.zeros(())
+            continue
+        g = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        grads[name] = [x if x is not None else torch.zeros_like(p) for x, p in zip(g, params, strict=True)]
+        norms[f"grad_norm_{name}"] = torch.sqrt(sum((x.float() ** 2).sum() for x in grads[name]))
+    if "repr" in terms and grads["diffusion"] is not None:
+        parts = [grads[k] for k in ("repr", "div") if grads[k] is not None]
+        combined = [sum(xs) for xs in zip(*parts, strict=True)] if parts else []
+        minimax = torch.sqrt(sum((x.float() ** 2).sum() for x in combined)) if combined else torch.zeros(())
+        norms["grad_ratio_minimax"] = minimax / norms["grad_norm_diffusion"].clamp_min(1e-30)
+    return {k: v.detach() for k, v in norms.items()}
 
 
 class _DropSharedTensorNotice(logging.Filter):

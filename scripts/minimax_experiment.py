@@ -1,0 +1,180 @@
+"""The experiment that decides whether the Minimax losses help (issue 10), end to end and resumable.
+
+One DiT per dataset (pretrained here with the ``minimax`` ``cpu`` preset, or ``--pretrained``) is shared by every
+arm; each arm is generated once at the largest IPC and the smaller IPCs are its first images per class (per-image
+seeds make that identical to generating the smaller IPC):
+
+    dit_g4          dit, guidance 4.0 (no fine-tuning)
+    dit_g1          dit, guidance 1.0
+    minimax_l0_g4   minimax with lambda = 0 (fine-tuning alone), guidance 4.0
+    minimax_g4      minimax as the reference (lambda 0.002 / 0.008), guidance 4.0
+    minimax_g1      the same fine-tuned model sampled at guidance 1.0
+    minimax_x10_g4  minimax with lambda x10, guidance 4.0
+    random, dm      random real and DM (cpu preset), per IPC
+
+Every set is evaluated under the same ``dsa`` protocol (``--epochs`` per IPC, reduced and labelled, ``--runs``
+networks) and measured by the set-quality report (:mod:`gendistill.metrics`). Writes ``<out>/table.md``,
+``<out>/summary.json`` and a grid per set; rerunning skips what is done.
+
+    python scripts/minimax_experiment.py --dataset fashion_mnist --out results/minimax_experiment/fashion_mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from gendistill.atomic import atomic_json, atomic_text
+from gendistill.data import load_dataset
+from gendistill.evaluation import evaluate
+from gendistill.metrics import set_quality
+from gendistill.pipeline import distill
+from gendistill.synset import SyntheticSet
+
+# arm -> (method, preset, overrides, note); "@minimax_g4" = sample the fine-tuned model of that arm.
+ARMS: dict[str, tuple[str, str | None, list[str], str]] = {
+    "dit_g4": ("dit", "cpu", ["cfg_scale=4.0"], "DiT, no fine-tuning, guidance 4.0"),
+    "dit_g1": ("dit", "cpu", ["cfg_scale=1.0"], "DiT, no fine-tuning, guidance 1.0"),
+    "minimax_l0_g4": ("minimax", "cpu", ["lambda_pos=0.0", "lambda_neg=0.0", "cfg_scale=4.0"],
+                      "fine-tuning alone (lambda = 0), guidance 4.0"),
+    "minimax_g4": ("minimax", "cpu", ["cfg_scale=4.0"], "Minimax as the reference (0.002 / 0.008), guidance 4.0"),
+    "minimax_g1": ("@minimax_g4", "cpu", ["cfg_scale=1.0"], "the same fine-tuned model, guidance 1.0"),
+    "minimax_x10_g4": ("minimax", "cpu", ["lambda_pos=0.02", "lambda_neg=0.08", "cfg_scale=4.0"],
+                       "Minimax with lambda x10, guidance 4.0"),
+    "random": ("random", None, [], "random real images"),
+    "dm": ("dm", "cpu", [], "DM, cpu preset (300 iterations, 64 real per class)"),
+}
+PER_IPC = {"dm"}  # generated separately for every IPC (not a prefix of the largest)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _pretrained(args: argparse.Namespace, splits: Any, out: Path) -> Path:
+    if args.pretrained:
+        return Path(args.pretrained)
+    from gendistill.generative.method import pretrain
+    from gendistill.pipeline import resolve_config
+
+    config = resolve_config("minimax", splits.name, 0, preset="cpu", overrides=args.pretrain_set)
+    start = time.perf_counter()
+    path = pretrain(splits.train, config, out / "pretrain", seed=args.seed, resume=True,
+                    record={"preset": "cpu", "overrides": list(args.pretrain_set)})
+    info = json.loads((path / "gendistill.json").read_text()) if (path / "gendistill.json").is_file() else {}
+    print(f"pretrained model: {path} ({info.get('train_time_s', time.perf_counter() - start):.0f} s)")
+    return path
+
+
+def _make_set(arm: str, ipc: int, args: argparse.Namespace, splits: Any, out: Path, model: Path) -> SyntheticSet:
+    method, preset, overrides, _ = ARMS[arm]
+    folder = out / arm if arm not in PER_IPC else out / f"{arm}_ipc{ipc}"
+    extra = []
+    if method.startswith("@"):  # sample another arm's fine-tuned model
+        source = out / method[1:] / "finetune" / "model"
+        if not source.is_dir():
+            raise SystemExit(f"{arm} needs {source}: run the {method[1:]} arm first")
+        method, extra = "dit", [f"pretrained={source}"]
+    elif method in ("dit", "minimax"):
+        extra = [f"pretrained={model}"]
+    syn = distill(method, splits, ipc, folder, seed=args.seed, preset=preset, overrides=[*overrides, *extra],
+                  resume=True, progress=not args.quiet)
+    syn.meta["arm"] = arm
+    return syn
+
+
+def _grad_ratio(folder: Path) -> dict[str, float] | None:
+    path = folder / "finetune" / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if "grad_norm_diffusion" in r]
+    if not rows:
+        return None
+    keys = ("grad_norm_diffusion", "grad_norm_repr", "grad_norm_div", "grad_ratio_minimax")
+    return {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in keys}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--pretrained", default=None, help="a DiT pipeline folder (default: pretrain with the cpu preset)")
+    ap.add_argument("--pretrain-set", action="append", default=[], help="override of the pretraining config")
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ",".join(ARMS))
+    ap.add_argument("--ipcs", default="10,50")
+    ap.add_argument("--epochs", default="10:300,50:300", help="dsa epochs per IPC, e.g. 10:200,50:100")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ipcs = sorted(int(x) for x in args.ipcs.split(","))
+    epochs = {int(k): int(v) for k, v in (x.split(":") for x in args.epochs.split(","))}
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"unknown arms {unknown}; choose from {list(ARMS)}")
+    splits = load_dataset(args.dataset, args.data_root)
+    model = _pretrained(args, splits, out) if any(ARMS[a][0] in ("dit", "minimax") for a in arms) else None
+    summary_path = out / "summary.json"
+    summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    for arm in arms:
+        full = None if arm in PER_IPC else _make_set(arm, ipcs[-1], args, splits, out, model)
+        for ipc in ipcs:
+            key = f"{arm}@{ipc}"
+            if key in summary:
+                continue
+            syn = _make_set(arm, ipc, args, splits, out, model) if full is None else full.subset(ipc)
+            folder = out / arm if arm not in PER_IPC else out / f"{arm}_ipc{ipc}"
+            result = evaluate(syn, splits.test, "dsa", epochs=epochs[ipc], runs=args.runs, seed=args.seed,
+                              progress=not args.quiet)
+            report = set_quality(syn, splits.train, seed=args.seed, progress=not args.quiet)
+            atomic_json(folder / f"eval_ipc{ipc}.json", result.to_dict())
+            atomic_json(folder / f"metrics_ipc{ipc}.json", report)
+            summary[key] = {"arm": arm, "ipc": ipc, "note": ARMS[arm][3], "mean": result.mean, "std": result.std,
+                            "accs": result.accs, "protocol": f"dsa {epochs[ipc]} epochs x {args.runs} runs",
+                            "eval_s": result.wall_time_s, "distill_time_s": syn.meta.get("distill_time_s"),
+                            "metrics": report["summary"], "grad": _grad_ratio(folder),
+                            "peak_rss_mb": _peak_rss_mb()}
+            atomic_json(summary_path, summary)
+            print(f"{key}: {result.mean:.2f} ± {result.std:.2f}  coverage {report['summary']['coverage']:.3f}  "
+                  f"recall {report['summary']['recall']:.3f}  agreement {report['summary']['agreement']:.3f}")
+    atomic_text(out / "table.md", table(summary, splits.name))
+    grids = out / "grids"
+    grids.mkdir(exist_ok=True)
+    for png in out.glob("*/synset/grid.png"):
+        shutil.copyfile(png, grids / f"{png.parent.parent.name}.png")
+    print((out / "table.md").read_text())
+    return 0
+
+
+def table(summary: dict[str, Any], dataset: str) -> str:
+    """Markdown table: accuracy and the report's main columns per arm and IPC."""
+    head = ("| arm | IPC | accuracy (dsa) | precision | recall | density | coverage | diversity (random real) | "
+            "agreement | FD | repr min/max cos | max cos own class | grad ratio |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for v in sorted(summary.values(), key=lambda r: (r["ipc"], list(ARMS).index(r["arm"]))):
+        m, g = v["metrics"], v.get("grad") or {}
+        ratio = f"{g['grad_ratio_minimax']:.4f}" if "grad_ratio_minimax" in g else "–"
+        lines.append(
+            f"| {v['arm']} | {v['ipc']} | {v['mean']:.2f} ± {v['std']:.2f} | {m['precision']:.3f} | "
+            f"{m['recall']:.3f} | {m['density']:.3f} | {m['coverage']:.3f} | {m['diversity']:.2f} "
+            f"({m['diversity_random_real']:.2f}) | {m['agreement']:.3f} | {m['fd']:.1f} | "
+            f"{m['feature_repr_min']:.3f}/{m['feature_repr_max']:.3f} | {m['feature_div_max']:.3f} | {ratio} |")
+    protocols = sorted({v["protocol"] for v in summary.values()})
+    return (f"{dataset}: accuracy mean ± std (final epoch, {', '.join(protocols)}; reduced, labelled), "
+            "set-quality report in the reference ConvNet's feature space (k = 5, 1000 real per class)\n\n"
+            + head + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
