@@ -3,4 +3,4 @@
 Importing this package registers every method module it contains.
 """
 
-from . import cafe, dc, dd, dm  # noqa: E402,F401
+from . import cafe, datm, dc, dd, dm, dq, idc, kip, mtt  # noqa: E402,F401

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DSA", "DSAParams", "AugDraw", "GroupDraw", "cutmix"]
+__all__ = ["DSA", "DSAParams", "AugDraw", "DrawSequence", "GroupDraw", "IDCAugment", "ImageNetAugment",
+           "color_jitter", "cutmix", "lighting", "random_resized_crop_boxes", "resize_images", "resized_crop"]
 
 FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
 
@@ -216,6 +217,65 @@ class DSA:
         return self.apply(x, self.draw(x.shape[0], x.shape[-1], generator))
 
 
+@dataclasses.dataclass
+class DrawSequence:
+    """Draws applied one after another (:class:`IDCAugment`'s composition)."""
+
+    draws: list[AugDraw | GroupDraw]
+    num_groups: int
+
+    @property
+    def family(self) -> str:
+        return "+".join(d.family for d in self.draws) or "none"
+
+
+class IDCAugment(DSA):
+    """IDC's ``DiffAug`` composition (Kim et al., ICML 2022; ``misc/augment.py`` of
+    snu-mllab/Efficient-Dataset-Condensation): at every call ``flip`` (if listed), then ``color`` (brightness,
+    saturation, contrast), then ONE of the remaining families (``crop``, ``scale``, ``rotate``) drawn uniformly,
+    then ``cutout`` (if listed). DSA's mode 'S' (:class:`DSA`) applies one family per call instead.
+
+    Same family semantics and ranges as :class:`DSA`. :meth:`draw` (non-siamese, IDC's ``batch=False``) picks
+    the geometric family once per call; :meth:`draw_siamese` (IDC's ``batch=True`` matching augmentation, one
+    call per class) picks it per group.
+    """
+
+    def __init__(self, strategy: str = "color_crop_cutout_flip_scale_rotate", params: DSAParams | None = None):
+        super().__init__(strategy, params)
+        self._geometric = DSA("_".join(f for f in self.families if f not in ("flip", "color", "cutout")) or "none",
+                              self.params)
+
+    def _compose(self, num_groups: int, image_size: int, generator: torch.Generator, per_group: bool
+                 ) -> DrawSequence:
+        draws: list[AugDraw | GroupDraw] = []
+        for family in ("flip", "color"):
+            if family in self.families:
+                draws.append(self._draw_family(family, num_groups, image_size, generator))
+        if self._geometric.enabled:
+            geo = self._geometric.draw_siamese if per_group else self._geometric.draw
+            draws.append(geo(num_groups, image_size, generator))
+        if "cutout" in self.families:
+            draws.append(self._draw_family("cutout", num_groups, image_size, generator))
+        return DrawSequence(draws, num_groups)
+
+    def draw(self, num_groups: int, image_size: int, generator: torch.Generator) -> DrawSequence:
+        """Parameters for ``num_groups`` groups; one geometric family for all of them."""
+        return self._compose(num_groups, image_size, generator, per_group=False)
+
+    def draw_siamese(self, num_groups: int, image_size: int, generator: torch.Generator) -> DrawSequence:
+        """Parameters for ``num_groups`` groups; the geometric family drawn per group."""
+        return self._compose(num_groups, image_size, generator, per_group=True)
+
+    def apply(self, x: torch.Tensor, draw: AugDraw | GroupDraw | DrawSequence, groups: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """Apply every draw of a :class:`DrawSequence` in order (image i uses group ``groups[i]``)."""
+        if not isinstance(draw, DrawSequence):
+            return super().apply(x, draw, groups)
+        for d in draw.draws:
+            x = super().apply(x, d, groups)
+        return x
+
+
 def cutmix(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, beta: float = 1.0, prob: float = 0.5
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """CutMix (Yun et al., ICCV 2019) as in IDC's evaluation: with probability ``prob`` paste a box of a
@@ -349,3 +409,135 @@ class DCAugment:
                 res = sub + self.noise * torch.randn(sub.shape, generator=generator).to(sub)
             out[rows.to(x.device)] = res
         return out
+
+
+# ------------------------------------------------------------------------------ ImageNet-subset training transform
+# IDC's ``data.py::transform_imagenet`` (snu-mllab/Efficient-Dataset-Condensation; the same in
+# vimar-gu/MinimaxDiffusion): RandomResizedCrop(size, scale=(0.5, 1)), RandomHorizontalFlip, ColorJitter(0.4,
+# 0.4, 0.4) and Lighting(0.1) with the AlexNet PCA of ImageNet (``misc/utils.py``), on [0, 1] pixels.
+IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+IMAGENET_PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # IDC's ``Grayscale``
+
+
+def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear (antialiased) resize of a square batch to ``size`` x ``size`` - torchvision's ``Resize(size)``
+    followed by ``CenterCrop(size)`` on square images (IDC's ImageNet train and test transforms)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def random_resized_crop_boxes(n: int, height: int, width: int, generator: torch.Generator,
+                              scale: tuple[float, float] = (0.5, 1.0),
+                              ratio: tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10) -> torch.Tensor:
+    """torchvision's ``RandomResizedCrop.get_params`` for ``n`` images at once: ``[n, 4]`` integer boxes
+    ``(x0, y0, x1, y1)`` (float tensor, pixel-edge coordinates).
+
+    Each image takes the first of ``attempts`` draws (area fraction ~ U(scale), log aspect ~ U(log ratio),
+    rounded side lengths) that fits, at a uniform integer offset; when none fits, torchvision's central-crop
+    fallback.
+    """
+    area = height * width
+    target = area * (torch.rand(n, attempts, generator=generator) * (scale[1] - scale[0]) + scale[0])
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(torch.rand(n, attempts, generator=generator) * (hi - lo) + lo)
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = ok.to(torch.int8).argmax(dim=1, keepdim=True)
+    found = ok.any(dim=1)
+    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = float(width), float(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        fw, fh = float(round(height * ratio[1])), float(height)
+    else:
+        fw, fh = float(width), float(height)
+    w = torch.where(found, w, torch.full_like(w, fw))
+    h = torch.where(found, h, torch.full_like(h, fh))
+    u = torch.rand(n, 2, generator=generator)
+    y0 = torch.where(found, torch.floor(u[:, 0] * (height - h + 1)), torch.floor((height - h) / 2))
+    x0 = torch.where(found, torch.floor(u[:, 1] * (width - w + 1)), torch.floor((width - w) / 2))
+    return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
+
+
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop ``boxes`` (``[N, 4]`` pixel-edge ``(x0, y0, x1, y1)``, one per image) and resize each to ``size`` x
+    ``size`` bilinearly, in one ``torchvision.ops.roi_align`` call (``aligned=True``: pixel centres at
+    ``k + 0.5``, as ``align_corners=False``). A box no larger than the output is plain bilinear upsampling;
+    larger boxes average ``ceil(box / size)``^2 bilinear samples per output pixel."""
+    from torchvision.ops import roi_align
+
+    rois = torch.cat([torch.arange(x.shape[0], dtype=boxes.dtype).unsqueeze(1), boxes], dim=1).to(x)
+    return roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+def color_jitter(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """IDC's ``ColorJitter(brightness, contrast, saturation = strength)`` on ``[N, 3, H, W]`` pixels in [0, 1],
+    per image: each op ``img.lerp(target, a)`` with ``a ~ U(-strength, strength)``; brightness targets 0,
+    contrast the mean of the image's grayscale, saturation its grayscale (weights 0.299/0.587/0.114, no
+    clamping).
+
+    The reference shuffles the three ops per image; they are linear maps that commute (grayscale of a constant
+    image is that constant as the weights sum to 1, so grey(mean) = mean(grey) = mean), so the order changes
+    nothing and is not drawn. Returns ``(1-b) [(1-c)(1-s) x + (1-c) s grey(x) + c mean(grey(x))]``.
+    """
+    if strength <= 0:
+        return x
+    a = ((torch.rand(x.shape[0], 3, generator=generator) * 2 - 1) * strength).to(x)
+    b, c, s = (a[:, k].view(-1, 1, 1, 1) for k in range(3))
+    weights = torch.tensor(GRAY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    grey = (x * weights).sum(dim=1, keepdim=True)
+    mean = grey.mean(dim=(1, 2, 3), keepdim=True)
+    return (1 - b) * ((1 - c) * (1 - s) * x + (1 - c) * s * grey + c * mean)
+
+
+def lighting(x: torch.Tensor, alphastd: float, generator: torch.Generator,
+             eigval: tuple[float, ...] = IMAGENET_PCA_EIGVAL,
+             eigvec: tuple[tuple[float, ...], ...] = IMAGENET_PCA_EIGVEC) -> torch.Tensor:
+    """AlexNet-style PCA lighting noise (IDC's ``Lighting``) on ``[N, 3, H, W]`` pixels: per image
+    ``alpha ~ N(0, alphastd)^3`` and ``x + eigvec @ (alpha * eigval)`` added to every pixel."""
+    if alphastd <= 0:
+        return x
+    alpha = torch.randn(x.shape[0], 3, generator=generator) * alphastd
+    rgb = (alpha * torch.tensor(eigval)) @ torch.tensor(eigvec).T
+    return x + rgb.to(x).view(-1, 3, 1, 1)
+
+
+class ImageNetAugment:
+    """IDC's / Minimax's ImageNet training transform on a batch, vectorised (no loop over images):
+    ``RandomResizedCrop(size, scale)``, then :func:`color_jitter` and :func:`lighting` in [0, 1] pixel space
+    (the batch is mapped there with ``mean``/``std`` and back). The horizontal flip of the reference runs as the
+    DSA ``flip`` family (same distribution: the crop box law is mirror-symmetric and colour ops are spatially
+    invariant).
+
+    Args:
+        size: output side (0 = no crop; the images are expected already resized to it).
+        scale: crop area fraction range.
+        jitter: colour-jitter strength (0.4 in the reference; 0 = off).
+        alphastd: lighting noise std (0.1 in the reference; 0 = off).
+        mean, std: per-channel normalisation of the batch (model space = (pixels - mean) / std).
+    """
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.5, 1.0), jitter: float = 0.0,
+                 alphastd: float = 0.0, mean: tuple[float, ...] = (0.0, 0.0, 0.0),
+                 std: tuple[float, ...] = (1.0, 1.0, 1.0)) -> None:
+        self.size, self.scale, self.jitter, self.alphastd = size, tuple(scale), jitter, alphastd
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    @property
+    def colour(self) -> bool:
+        return self.jitter > 0 or self.alphastd > 0
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.size:
+            boxes = random_resized_crop_boxes(x.shape[0], x.shape[-2], x.shape[-1], generator, self.scale)
+            x = resized_crop(x, boxes, self.size)
+        if self.colour:
+            mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            px = lighting(color_jitter(x * std + mean, self.jitter, generator), self.alphastd, generator)
+            x = (px - mean) / std
+        return x

@@ -19,6 +19,9 @@ TINY_OVERRIDES = {
     # generative methods: a 2-block DiT, 2 pretraining and 2 fine-tuning steps, 3 sampling steps
     "arch": "custom-D2-W16-H2/4", "pretrain_steps": 2, "pretrain_batch_size": 8, "finetune_steps": 2,
     "batch_size": 4, "sample_steps": 3, "checkpoint_every": 0,
+    # trajectory matching (mtt, datm): two tiny experts of 2 epochs trained by the method, 2 student steps
+    "syn_steps": 2, "expert_epochs": 1, "max_start_epoch": 1, "buffer_experts": 2, "buffer_epochs": 2,
+    "buffer_batch": 8, "buffer_lr": 0.05,
 }
 
 

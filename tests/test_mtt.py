@@ -1,0 +1,177 @@
+"""MTT: the matching loss, the unrolled gradient against finite differences, TESLA = unrolled, the method."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from baselines.mtt import (
+    FlatNetwork,
+    MatchingTrainingTrajectories,
+    MTTConfig,
+    matching_loss,
+    plan_steps,
+    tesla_matching_loss,
+    unrolled_matching_loss,
+)
+from gendistill.augment import DSA
+from gendistill.buffers import train_buffers
+from gendistill.errors import GendistillError
+from gendistill.evaluation import default_protocol
+from gendistill.nets import create_network
+from gendistill.runs import RunDir
+
+TINY = dict(iterations=2, syn_steps=2, expert_epochs=1, max_start_epoch=1, buffer_experts=1, buffer_epochs=2,
+            buffer_batch=32, model="convnet_w8")
+
+
+def test_matching_loss_on_hand_made_vectors():
+    start = torch.tensor([0.0, 0.0, 1.0])
+    target = torch.tensor([3.0, 4.0, 1.0])  # ||start - target||^2 = 25
+    theta = torch.tensor([1.0, 1.0, 2.0])  # ||theta - target||^2 = 4 + 9 + 1 = 14
+    assert matching_loss(theta, start, target).item() == pytest.approx(14 / 25)
+    assert matching_loss(target, start, target).item() == 0.0
+    assert matching_loss(start, start, target).item() == pytest.approx(1.0)
+
+
+def _problem(steps=3, soft=False, seed=0):
+    """A float64 student (ConvNet-1, width 4, 8x8 inputs, 3 classes), 6 synthetic images, DSA plan."""
+    torch.manual_seed(seed)
+    net = create_network("convnet_d1_w4", 1, 3, 8, seed=seed).double()
+    student = FlatNetwork(net)
+    start = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    target = start + 0.05 * torch.randn(start.shape, dtype=torch.float64)
+    images = torch.randn(6, 1, 8, 8, dtype=torch.float64, requires_grad=True)
+    if soft:
+        targets = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+
+        def loss_fn(out, y):
+            return -(F.softmax(y, 1) * F.log_softmax(out, 1)).sum(1).mean()
+    else:
+        targets = torch.tensor([0, 0, 1, 1, 2, 2])
+        loss_fn = F.cross_entropy
+    lr = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    dsa = DSA("color_crop_cutout_scale_rotate")
+    plan = plan_steps(6, steps, 4, 8, dsa, torch.Generator().manual_seed(seed + 1))
+    return student, loss_fn, images, targets, lr, plan, dsa, start, target
+
+
+def test_unrolled_gradient_matches_finite_differences():
+    student, loss_fn, images, targets, lr, plan, dsa, start, target = _problem()
+    loss = unrolled_matching_loss(student, loss_fn, images, targets, lr, plan, dsa, start, target)
+    loss.backward()
+
+    def value(x, a):
+        with torch.enable_grad():
+            return unrolled_matching_loss(student, loss_fn, x, targets, a, plan, dsa, start, target).item()
+
+    eps = 1e-6
+    x0, a0 = images.detach(), lr.detach()
+    for flat_index in (3, 70, 200, 380):
+        dx = torch.zeros_like(x0).view(-1)
+        dx[flat_index] = eps
+        dx = dx.view_as(x0)
+        fd = (value(x0 + dx, a0) - value(x0 - dx, a0)) / (2 * eps)
+        assert images.grad.view(-1)[flat_index].item() == pytest.approx(fd, rel=1e-5, abs=1e-9)
+    fd_lr = (value(x0, a0 + eps) - value(x0, a0 - eps)) / (2 * eps)
+    assert lr.grad.item() == pytest.approx(fd_lr, rel=1e-5)
+    assert images.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_tesla_equals_the_unrolled_gradient(soft):
+    student, loss_fn, images, targets, lr, plan, dsa, start, target = _problem(steps=4, soft=soft)
+    loss = unrolled_matching_loss(student, loss_fn, images, targets, lr, plan, dsa, start, target)
+    loss.backward()
+    ref = {"x": images.grad.clone(), "lr": lr.grad.clone()}
+    if soft:
+        ref["y"] = targets.grad.clone()
+    for leaf in (images, lr, targets):
+        leaf.grad = None
+    tesla = tesla_matching_loss(student, loss_fn, images, targets, lr, plan, dsa, start, target)
+    assert tesla.item() == pytest.approx(loss.item(), rel=1e-12)
+    assert torch.allclose(images.grad, ref["x"], rtol=1e-9, atol=1e-12)
+    assert torch.allclose(lr.grad, ref["lr"], rtol=1e-9, atol=1e-12)
+    if soft:
+        assert torch.allclose(targets.grad, ref["y"], rtol=1e-9, atol=1e-12)
+    # the TESLA reference code's gradient holds the adjoint at theta_N: different for N > 1 ...
+    for leaf in (images, lr, targets):
+        leaf.grad = None
+    tesla_matching_loss(student, loss_fn, images, targets, lr, plan, dsa, start, target, exact=False)
+    assert not torch.allclose(images.grad, ref["x"], rtol=1e-6)
+
+
+def test_detached_tesla_is_exact_for_one_step():
+    student, loss_fn, images, targets, lr, plan, dsa, start, target = _problem(steps=1)
+    unrolled_matching_loss(student, loss_fn, images, targets, lr, plan, dsa, start, target).backward()
+    ref = images.grad.clone(), lr.grad.clone()
+    images.grad = lr.grad = None
+    tesla_matching_loss(student, loss_fn, images, targets, lr, plan, dsa, start, target, exact=False)
+    assert torch.allclose(images.grad, ref[0], rtol=1e-10) and torch.allclose(lr.grad, ref[1], rtol=1e-10)
+
+
+def test_minibatches_follow_the_reference_chunking():
+    plan = plan_steps(10, 4, 4, 8, DSA("none"), torch.Generator().manual_seed(0))
+    sizes = [len(p.indices) for p in plan]
+    assert sizes == [2, 4, 4, 2]  # chunks of a permutation popped from the end, a fresh one when empty
+    assert sorted(torch.cat([p.indices for p in plan[:3]]).tolist()) == list(range(10))
+    assert all(p.draw is None for p in plan)
+
+
+def test_mtt_learns_lr_and_tesla_gives_the_same_set(tiny_train):
+    syn = MatchingTrainingTrajectories(MTTConfig(**TINY)).distill(tiny_train, 2, seed=0, progress=False)
+    assert syn.lr is not None and syn.lr != 0.01 and syn.meta["grad"] == "unroll"
+    assert syn.meta["buffer"]["experts"] == 1 and default_protocol(syn) == "mtt"
+    tesla = MatchingTrainingTrajectories(MTTConfig(**TINY, grad="tesla")).distill(tiny_train, 2, seed=0,
+                                                                                 progress=False)
+    assert torch.allclose(tesla.images, syn.images, atol=1e-4) and tesla.lr == pytest.approx(syn.lr, rel=1e-4)
+
+
+def test_run_folder_buffer_resume_and_refusal(tmp_path, tiny_train):
+    cfg = MTTConfig(**{**TINY, "iterations": 4})
+    full = MatchingTrainingTrajectories(cfg).distill(tiny_train, 1, seed=2, run=RunDir(tmp_path / "a"),
+                                                     progress=False)
+    assert (tmp_path / "a" / "buffer" / "manifest.json").is_file()
+
+    class Stop(MatchingTrainingTrajectories):
+        def step(self, it, *args):
+            if it == 3:
+                raise KeyboardInterrupt
+            return super().step(it, *args)
+
+    Stop.name = "mtt"
+    with pytest.raises(KeyboardInterrupt):
+        Stop(cfg).distill(tiny_train, 1, seed=2, run=RunDir(tmp_path / "b", checkpoint_every=2), progress=False)
+    resumed = MatchingTrainingTrajectories(cfg).distill(tiny_train, 1, seed=2, progress=False,
+                                                        run=RunDir(tmp_path / "b", resume=True, checkpoint_every=2))
+    assert torch.equal(resumed.images, full.images) and resumed.lr == full.lr
+    other = train_buffers(tiny_train, tmp_path / "w4", experts=1, epochs=2, model="convnet_w4", progress=False)
+    with pytest.raises(GendistillError, match="convnet_w4 experts"):
+        MatchingTrainingTrajectories(dataclasses.replace(cfg, buffer=str(other.path))).distill(tiny_train, 1,
+                                                                                              progress=False)
+    with pytest.raises(GendistillError, match="expert_epochs"):
+        too_late = dataclasses.replace(cfg, buffer=str(tmp_path / "a" / "buffer"), max_start_epoch=3)
+        MatchingTrainingTrajectories(too_late).distill(tiny_train, 1, progress=False)
+
+
+def test_cli_distill_with_the_cpu_preset_trains_experts_in_the_run(tmp_path, data_env, capsys):
+    from gendistill.cli import main
+    from gendistill.synset import SyntheticSet
+
+    out = tmp_path / "run"
+    tiny = ["iterations=2", "model=convnet_w8", "buffer_experts=1", "buffer_epochs=2", "buffer_images_per_class=2",
+            "buffer_batch=10", "syn_steps=2", "batch_syn=5", "max_start_epoch=1"]
+    args = ["--quiet", "--threads", "1", "distill", "--method", "mtt", "--dataset", "mnist", "--ipc", "1",
+            "--out", str(out), "--preset", "cpu", *[a for kv in tiny for a in ("--set", kv)]]
+    assert main(args) == 0, capsys.readouterr().err
+    syn = SyntheticSet.load(out)
+    assert syn.meta["reduced_budget"] and syn.meta["buffer"]["path"] == str(out / "buffer")
+    assert "override buffer_experts 1 < 4" in syn.meta["budget_reductions"]
+    assert (out / "buffer" / "expert_000.safetensors").is_file() and syn.lr is not None
+    bad = ["--quiet", "--threads", "1", "distill", "--method", "mtt", "--dataset", "mnist", "--ipc", "1", "--out",
+           str(tmp_path / "z"),
+           "--set", "buffer=" + str(out / "buffer"), "--set", "iterations=1"]
+    assert main(bad) == 2  # the buffer holds convnet_w8 experts, the default student is convnet
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "convnet_w8 experts" in err[0]
