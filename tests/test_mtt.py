@@ -175,3 +175,21 @@ def test_cli_distill_with_the_cpu_preset_trains_experts_in_the_run(tmp_path, dat
     assert main(bad) == 2  # the buffer holds convnet_w8 experts, the default student is convnet
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "convnet_w8 experts" in err[0]
+
+
+def test_bench_trajectory_tiny_memory_grows_with_steps_only_when_unrolling(tmp_path, data_env, monkeypatch):
+    import json
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_trajectory
+
+    out = tmp_path / "bench"
+    assert bench_trajectory.main(["--tiny", "--steps", "1,4", "--out", str(out)]) == 0
+    report = json.loads((out / "trajectory_cpu.json").read_text())
+    saved = {(r["grad"], r["syn_steps"]): r["saved_tensors_peak_mb"] for r in report["matching"]}
+    assert saved[("unroll", 4)] > 3 * saved[("unroll", 1)]
+    assert saved[("tesla", 4)] < 1.5 * saved[("tesla", 1)]
+    assert all(v < 1e-4 for v in report["tesla_agreement"].values())
+    assert report["buffers"]["train_buffers_images_per_s"] > 0 and report["buffers"]["plain_loop_images_per_s"] > 0
+    assert "| tesla | 4 |" in (out / "trajectory_cpu.md").read_text()
