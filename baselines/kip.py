@@ -11,9 +11,9 @@ training split and takes an Adam step (lr 0.04) on
 with K the infinite-width NTK (NTK parameterisation, sigma_w^2 = 2, sigma_b^2 = 0.01), computed and solved in
 float64. ``learn_labels`` also optimises the support labels (the "+l" settings); the set then stores them as soft
 labels in KIP's regression-target space (rows near one-hot - 1/C, meta ``kip_label_space``). ``kernel: fc`` is
-the colab's ReLU MLP kernel (KIP-FC); ``kernel: conv`` is the norm-free ConvNet-3 kernel of KIP-ConvNet, whose
-pixel-pair recursion costs O((HW)^2) per image pair (see :mod:`gendistill.kernels`: impractical on CPUs at
-28x28 - the authors used hundreds of accelerators).
+the colab's ReLU MLP kernel (KIP-FC); ``kernel: conv`` is the norm-free ConvNet-3 kernel of KIP-ConvNet, computed
+in banded form (:mod:`gendistill.kernels`: about 3.4 ms per 28x28 image pair on one CPU core, so K(100, 1000) takes
+minutes; a KIP step with gradients is still slow on CPU - the authors used many accelerators).
 
 Deviations (labelled): no KIP augmentation and no sampling over a kernel family (KIP-ConvNet options); the
 target batch is ``batch_real`` images per class (the colab's TARGET_BATCH_SIZE / C).

@@ -74,6 +74,98 @@ def test_conv_kernel_chunking_and_symmetry():
     assert (torch.linalg.eigvalsh(sym) > 0).all()
 
 
+def _reference_conv_kernel(x1, x2, depth, pre_conv, get, w_var=2.0, b_var=0.01):
+    """Straightforward dense recursion (reference details section 5) over all pixel pairs ``[i, j]``, one image
+    pair at a time: conv as the mean of 9 shifted copies, ReLU arc-cosine formulas, pooling by reshape-mean."""
+    import math
+
+    import torch.nn.functional as F
+
+    ops = (["conv", "relu"] if pre_conv else []) + ["conv", "relu", "pool"] * depth
+
+    def conv(k):
+        h, w = k.shape[:2]
+        p = F.pad(k, (1, 1, 1, 1, 1, 1, 1, 1))
+        return sum(p[1 + u : 1 + u + h, 1 + v : 1 + v + w, 1 + u : 1 + u + h, 1 + v : 1 + v + w]
+                   for u in (-1, 0, 1) for v in (-1, 0, 1)) / 9
+
+    def pool(k):
+        h, w = k.shape[0] // 2, k.shape[1] // 2
+        return k[: 2 * h, : 2 * w, : 2 * h, : 2 * w].reshape(h, 2, w, 2, h, 2, w, 2).mean(dim=(1, 3, 5, 7))
+
+    def diag(k):
+        h, w = k.shape[:2]
+        return k.reshape(h * w, h * w).diagonal().reshape(h, w)
+
+    out = torch.zeros(len(x1), len(x2), dtype=torch.float64)
+    for a, xa in enumerate(x1.double()):
+        for b, xb in enumerate(x2.double()):
+            pairs = {"aa": (xa, xa), "bb": (xb, xb), "ab": (xa, xb)}
+            ks = {n: torch.einsum("chw,cuv->hwuv", u, v) / u.shape[0] for n, (u, v) in pairs.items()}
+            ts = dict.fromkeys(ks)
+            for op in ops:
+                if op == "conv":
+                    for n in ks:
+                        s = w_var * conv(ks[n]) + b_var
+                        ts[n] = s if ts[n] is None else s + w_var * conv(ts[n])
+                        ks[n] = s
+                elif op == "relu":
+                    qa, qb = diag(ks["aa"]), diag(ks["bb"])
+                    for n, (q1, q2) in {"aa": (qa, qa), "bb": (qb, qb), "ab": (qa, qb)}.items():
+                        norm = torch.sqrt(q1[:, :, None, None] * q2[None, None])
+                        c = (ks[n] / norm).clamp(-1, 1)
+                        theta = torch.arccos(c)
+                        ks[n] = norm * (torch.sqrt(1 - c * c) + (math.pi - theta) * c) / (2 * math.pi)
+                        ts[n] = ts[n] * (math.pi - theta) / (2 * math.pi)
+                else:
+                    ks, ts = {n: pool(k) for n, k in ks.items()}, {n: pool(t) for n, t in ts.items()}
+            s = w_var * diag(ks["ab"]).mean() + b_var
+            out[a, b] = s + w_var * diag(ts["ab"]).mean() if get == "ntk" else s
+    return out
+
+
+@pytest.mark.parametrize(("depth", "pre_conv", "shape"), [(3, False, (1, 8, 8)), (2, False, (3, 7, 7)),
+                                                          (1, True, (2, 6, 6)), (2, True, (1, 9, 12))])
+def test_banded_conv_kernel_equals_the_dense_recursion(depth, pre_conv, shape):
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(3, *shape, generator=g, dtype=torch.float64)
+    b = torch.randn(2, *shape, generator=g, dtype=torch.float64)
+    for get in ("ntk", "nngp"):
+        ref = _reference_conv_kernel(a, b, depth, pre_conv, get)
+        for memory_mb in (1024, 0):  # one chunk; one image pair per chunk
+            got = conv_kernel(a, b, depth=depth, pre_conv=pre_conv, get=get, memory_mb=memory_mb)
+            assert got.dtype == torch.float64
+            assert torch.allclose(got, ref, rtol=1e-10, atol=0), float(((got - ref) / ref).abs().max())
+        ref_self = _reference_conv_kernel(a, a, depth, pre_conv, get)  # identical images: c = 1 on the diagonal
+        assert torch.allclose(conv_kernel(a, depth=depth, pre_conv=pre_conv, get=get), ref_self, rtol=1e-10, atol=0)
+    f32 = conv_kernel(a, b, depth=depth, pre_conv=pre_conv, dtype=torch.float32)
+    assert torch.allclose(f32, _reference_conv_kernel(a, b, depth, pre_conv, "ntk"), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize(("depth", "pre_conv", "size"), [(3, False, 8), (1, True, 7)])
+def test_banded_conv_kernel_gradient_is_the_dense_derivative(depth, pre_conv, size):
+    g = torch.Generator().manual_seed(8)
+    a, b = (torch.randn(2, 2, size, size, generator=g, dtype=torch.float64) for _ in range(2))
+    w, v = torch.randn(2, 2, generator=g, dtype=torch.float64), torch.randn(a.shape, generator=g, dtype=torch.float64)
+    x = a.clone().requires_grad_()
+    (conv_kernel(x, b, depth=depth, pre_conv=pre_conv, memory_mb=0) * w).sum().backward()
+    eps = 1e-4  # central difference of the dense reference along v
+    numeric = ((_reference_conv_kernel(a + eps * v, b, depth, pre_conv, "ntk")
+                - _reference_conv_kernel(a - eps * v, b, depth, pre_conv, "ntk")) * w).sum() / (2 * eps)
+    assert float((x.grad * v).sum()) == pytest.approx(float(numeric), rel=1e-6)
+
+
+def test_banded_conv_kernel_tiles_do_not_change_the_result(monkeypatch):
+    import gendistill.kernels as kernels
+
+    g = torch.Generator().manual_seed(6)
+    a, b = torch.randn(5, 1, 8, 8, generator=g, dtype=torch.float64), torch.randn(3, 1, 8, 8, generator=g,
+                                                                                  dtype=torch.float64)
+    whole = conv_kernel(a, b)
+    monkeypatch.setattr(kernels, "_TILE_BYTES", 1)  # one image pair per tile at every stage
+    assert torch.allclose(conv_kernel(a, b), whole, rtol=1e-13, atol=0)
+
+
 def test_krr_on_hand_made_kernels():
     # lambda = reg * trace / n = 1 * 4 / 2 = 2, so the weights are y / (2 + 2)
     k_ss = torch.diag(torch.tensor([2.0, 2.0]))
