@@ -14,7 +14,7 @@ from gendistill.nets import create_network
 from gendistill.seeding import derive_seed
 from gendistill.synset import SyntheticSet
 
-__all__ = ["FULL_DSA", "PixelConfig", "PixelDistiller"]
+__all__ = ["FULL_DSA", "PixelConfig", "PixelDistiller", "initial_images"]
 
 FULL_DSA = "color_crop_cutout_flip_scale_rotate"
 
@@ -50,6 +50,20 @@ class PixelConfig:
     device: str = "cpu"
 
 
+def initial_images(train: RealDataset, ipc: int, init: str, generator: torch.Generator) -> torch.Tensor:
+    """``[C*ipc, ...]`` class-major starting images: random real images of each class (``real``) or N(0, 1) noise
+    in the model space (``noise``)."""
+    c = train.num_classes
+    if init == "real":
+        idx = train.sample_indices(ipc, generator).reshape(-1)
+        if idx.numel() != c * ipc:
+            from gendistill.errors import GendistillError
+
+            raise GendistillError(f"--ipc {ipc} exceeds the real images of the smallest class of {train.name}")
+        return train.images(idx).clone()
+    return torch.randn(c * ipc, *train.image_shape, generator=generator)
+
+
 class PixelDistiller(IterativeDistiller):
     """Base for methods that optimise the synthetic pixels directly with SGD (DC, DSA, DM, CAFE).
 
@@ -58,17 +72,7 @@ class PixelDistiller(IterativeDistiller):
     """
 
     def init_state(self, train: RealDataset, ipc: int, generator: torch.Generator, seed: int) -> dict[str, Any]:
-        c = train.num_classes
-        if self.config.init == "real":
-            idx = train.sample_indices(ipc, generator).reshape(-1)
-            if idx.numel() != c * ipc:
-                from gendistill.errors import GendistillError
-
-                raise GendistillError(f"--ipc {ipc} exceeds the real images of the smallest class of {train.name}")
-            images = train.images(idx).clone()
-        else:
-            images = torch.randn(c * ipc, *train.image_shape, generator=generator)
-        return self._live_state(images.to(self.device), None)
+        return self._live_state(initial_images(train, ipc, self.config.init, generator).to(self.device), None)
 
     def _live_state(self, images: torch.Tensor, opt_state: dict | None) -> dict[str, Any]:
         images = images.detach().clone().requires_grad_(True)

@@ -48,13 +48,13 @@ from torch.func import functional_call
 from gendistill.augment import DSA, AugDraw
 from gendistill.buffers import BufferRecipe, ExpertBuffer, train_buffers
 from gendistill.data import RealDataset
-from gendistill.errors import ConfigError, GendistillError
+from gendistill.errors import ConfigError
 from gendistill.methods import IterativeDistiller, register_method
 from gendistill.nets import create_network
 from gendistill.seeding import derive_seed, make_generator
 from gendistill.synset import SyntheticSet
 
-from .base import FULL_DSA
+from .base import FULL_DSA, initial_images
 
 __all__ = ["FlatNetwork", "MTTConfig", "MatchingTrainingTrajectories", "StepPlan", "matching_loss",
            "tesla_matching_loss", "unrolled_matching_loss"]
@@ -328,14 +328,7 @@ class MatchingTrainingTrajectories(IterativeDistiller):
     def init_state(self, train: RealDataset, ipc: int, generator: torch.Generator, seed: int) -> dict[str, Any]:
         self._check_zca(train)
         self.buffer = self._open_buffer(train)
-        c = train.num_classes
-        if self.config.init == "real":
-            idx = train.sample_indices(ipc, generator).reshape(-1)
-            if idx.numel() != c * ipc:
-                raise GendistillError(f"--ipc {ipc} exceeds the real images of the smallest class of {train.name}")
-            images = train.images(idx).clone()
-        else:
-            images = torch.randn(c * ipc, *train.image_shape, generator=generator)
+        images = initial_images(train, ipc, self.config.init, generator)
         lr = torch.tensor(float(self.config.lr_teacher))
         return self._live({"images": images, "syn_lr": lr}, {})
 
