@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import torch
 
-from gendistill.augment import DSA
+from gendistill.augment import DSA, FULL_DSA
 from gendistill.data import RealDataset
 from gendistill.methods import IterativeDistiller
 from gendistill.nets import create_network
@@ -15,8 +15,6 @@ from gendistill.seeding import derive_seed
 from gendistill.synset import SyntheticSet
 
 __all__ = ["FULL_DSA", "PixelConfig", "PixelDistiller", "initial_images"]
-
-FULL_DSA = "color_crop_cutout_flip_scale_rotate"
 
 
 @dataclasses.dataclass

@@ -8,7 +8,8 @@ NUS-HPC-AI-Lab/DATM ``distill/DATM.py``, ``buffer/buffer_FTD.py``, ``configs/*/C
 3. ``init: samples_predicted_correctly``: for every class, real images in random order that the first expert
    (at ``label_epoch``, default the final snapshot) classifies correctly, then those of the next expert, ...;
    each image's label starts as the mean logits of all experts that classify it correctly; the labels are
-   learned with their own SGD (``lr_y``, momentum 0.9). ``init: real``: random real images, logits of expert 0;
+   learned with their own SGD (``lr_y``, momentum 0.9). ``init: real``: random real images, each labelled with
+   the raw logits of expert 0 (at ``label_epoch``; the reference's ``buffer[0][-1]``);
 4. the student's loss is soft cross-entropy -sum_k softmax(y)_k log softmax(f(x))_k; images, lr and labels are
    updated only when the matching loss is at most ``threshold``.
 
@@ -30,10 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from gendistill.data import RealDataset
-from gendistill.errors import GendistillError
+from gendistill.errors import ConfigError, GendistillError
 from gendistill.methods import register_method
 from gendistill.synset import SyntheticSet
 
+from .base import initial_images
 from .mtt import FlatNetwork, MatchingTrainingTrajectories, MTTConfig
 
 __all__ = ["DATMConfig", "DifficultyAlignedTrajectoryMatching", "expert_logits", "initial_soft_labels",
@@ -83,8 +85,14 @@ def soft_cross_entropy(out: torch.Tensor, label_logits: torch.Tensor) -> torch.T
 
 @torch.no_grad()
 def expert_logits(student: FlatNetwork, params: torch.Tensor, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """Logits of the expert ``params`` on ``images`` (in batches of ``batch``)."""
-    return torch.cat([student(params, images[s : s + batch]) for s in range(0, images.shape[0], batch)])
+    """Logits of the expert ``params`` on ``images`` (in batches of ``batch``), the network in eval mode (its
+    previous mode restored after)."""
+    was_training = student.net.training
+    student.net.eval()
+    try:
+        return torch.cat([student(params, images[s : s + batch]) for s in range(0, images.shape[0], batch)])
+    finally:
+        student.net.train(was_training)
 
 
 def select_correctly_classified(train: RealDataset, ipc: int, student: FlatNetwork, experts: list[torch.Tensor],
@@ -170,13 +178,25 @@ class DifficultyAlignedTrajectoryMatching(MatchingTrainingTrajectories):
         if cfg.sequential_generation:
             first = min(cfg.current_max_start_epoch, hi)
             hi = min(first + int((hi - first) * it / max(cfg.expansion_end_epoch, 1)), hi)
-        return lo, max(hi, lo + 1)
+        return lo, hi
+
+    def _check_config(self, epochs: int | None) -> None:
+        super()._check_config(epochs)
+        cfg = self.config
+        if cfg.sequential_generation and cfg.current_max_start_epoch <= cfg.min_start_epoch:
+            raise ConfigError(f"current_max_start_epoch {cfg.current_max_start_epoch} must exceed min_start_epoch "
+                              f"{cfg.min_start_epoch} (the first window would be empty); raise it or set "
+                              "sequential_generation=false")
+        if epochs is not None and not -(epochs + 1) <= cfg.label_epoch <= epochs:
+            raise ConfigError(f"label_epoch {cfg.label_epoch} is outside {-(epochs + 1)}..{epochs} for a buffer of "
+                              f"{epochs} epochs (-1 = the final snapshot)")
 
     def _expert_params(self, epoch: int) -> list[torch.Tensor]:
         return [self.buffer.snapshot(e, epoch).to(self.device) for e in range(self.buffer.num_experts)]
 
     def init_state(self, train: RealDataset, ipc: int, generator: torch.Generator, seed: int) -> dict[str, Any]:
         cfg = self.config
+        self._reset()
         self._check_zca(train)
         self.buffer = self._open_buffer(train)
         epoch = cfg.label_epoch % (self.buffer.epochs + 1)
@@ -185,13 +205,12 @@ class DifficultyAlignedTrajectoryMatching(MatchingTrainingTrajectories):
         if cfg.init == "samples_predicted_correctly":
             experts = self._expert_params(epoch)
             idx, fallback = select_correctly_classified(train, ipc, student, experts, generator, self.device)
-        else:
-            idx = train.sample_indices(ipc, generator).reshape(-1)
-            if idx.numel() != train.num_classes * ipc:
-                raise GendistillError(f"--ipc {ipc} exceeds the real images of the smallest class of {train.name}")
-            experts, fallback = [self.buffer.snapshot(0, epoch).to(self.device)], {}
-        images = train.images(idx).clone()
-        labels, correct = initial_soft_labels(student, experts, images.to(self.device), hard)
+            images = train.images(idx).clone()
+            labels, correct = initial_soft_labels(student, experts, images.to(self.device), hard)
+        else:  # the reference: every image gets expert 0's raw logits, right or wrong
+            images, fallback = initial_images(train, ipc, "real", generator), {}
+            labels = expert_logits(student, self.buffer.snapshot(0, epoch).to(self.device), images.to(self.device))
+            correct = (labels.argmax(1).cpu() == hard).long()
         self._init_record = {"init": cfg.init, "label_epoch": epoch, "init_fallback": fallback,
                              "initial_label_accuracy": float((labels.argmax(1).cpu() == hard).float().mean()),
                              "images_without_correct_expert": int((correct == 0).sum())}

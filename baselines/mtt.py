@@ -45,16 +45,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from gendistill.augment import DSA, AugDraw
+from gendistill.augment import DSA, FULL_DSA, AugDraw
 from gendistill.buffers import BufferRecipe, ExpertBuffer, train_buffers
 from gendistill.data import RealDataset
-from gendistill.errors import ConfigError
+from gendistill.errors import CheckpointError, ConfigError
 from gendistill.methods import IterativeDistiller, register_method
 from gendistill.nets import create_network
 from gendistill.seeding import derive_seed, make_generator
 from gendistill.synset import SyntheticSet
 
-from .base import FULL_DSA, initial_images
+from .base import initial_images
 
 __all__ = ["FlatNetwork", "MTTConfig", "MatchingTrainingTrajectories", "StepPlan", "matching_loss",
            "tesla_matching_loss", "unrolled_matching_loss"]
@@ -154,20 +154,29 @@ class StepPlan:
     draw: AugDraw | None
 
 
-def plan_steps(num_images: int, steps: int, batch: int, image_size: int, dsa: DSA, generator: torch.Generator
-               ) -> list[StepPlan]:
-    """The reference's minibatching: chunks of ``batch`` of a fresh permutation, popped from the end."""
+def plan_steps(num_images: int, steps: int, batch: int, image_size: int, dsa: DSA, generator: torch.Generator,
+               device: torch.device | str | None = None) -> list[StepPlan]:
+    """The reference's minibatching: chunks of ``batch`` of a fresh permutation, popped from the end.
+
+    Everything is drawn on the CPU ``generator``; with ``device`` the indices and DSA draws are moved there here,
+    once per plan, so the student steps index and augment without host-device copies.
+    """
     plan, chunks = [], []
     for _ in range(steps):
         if not chunks:
             chunks = list(torch.split(torch.randperm(num_images, generator=generator), batch or num_images))
         idx = chunks.pop()
         plan.append(StepPlan(idx, dsa.draw(len(idx), image_size, generator) if dsa.enabled else None))
-    return plan
+    if device is None or torch.device(device).type == "cpu":
+        return plan
+    return [StepPlan(step.indices.to(device, non_blocking=True),
+                     None if step.draw is None else dataclasses.replace(
+                         step.draw, values={k: v.to(device, non_blocking=True) for k, v in step.draw.values.items()}))
+            for step in plan]
 
 
 def _inputs(images: torch.Tensor, step: StepPlan, dsa: DSA) -> torch.Tensor:
-    x = images[step.indices.to(images.device)]
+    x = images[step.indices.to(images.device)]  # a no-op for a plan made on the images' device
     return dsa.apply(x, step.draw) if step.draw is not None else x
 
 
@@ -275,8 +284,14 @@ class MatchingTrainingTrajectories(IterativeDistiller):
         buf = ExpertBuffer(self.config.buffer)
         return {"buffer_experts": buf.num_experts, "buffer_epochs": buf.epochs}
 
-    def _check_window(self, epochs: int) -> None:
+    def _check_config(self, epochs: int | None) -> None:
+        """Refuse, in one line, settings the run cannot use; with the buffer's ``epochs``, also the start window."""
         cfg = self.config
+        for key, low in (("expert_epochs", 1), ("syn_steps", 1), ("batch_syn", 0)):
+            if getattr(cfg, key) < low:
+                raise ConfigError(f"{key} must be at least {low}, not {getattr(cfg, key)}; set {key}=...")
+        if epochs is None:
+            return
         lo, hi = cfg.min_start_epoch, cfg.max_start_epoch
         if not 0 <= lo < hi or hi - 1 + cfg.expert_epochs > epochs:
             raise ConfigError(f"start epochs {lo}..{hi - 1} plus expert_epochs {cfg.expert_epochs} need "
@@ -285,8 +300,7 @@ class MatchingTrainingTrajectories(IterativeDistiller):
 
     def _open_buffer(self, train: RealDataset) -> ExpertBuffer:
         cfg = self.config
-        if not cfg.buffer:
-            self._check_window(cfg.buffer_epochs)  # before training any expert
+        self._check_config(None if cfg.buffer else cfg.buffer_epochs)  # before training any expert
         if cfg.buffer:
             buf = ExpertBuffer(cfg.buffer, in_memory=cfg.buffer_in_memory)
         elif self._run is not None:
@@ -302,7 +316,7 @@ class MatchingTrainingTrajectories(IterativeDistiller):
                 shutil.rmtree(tmp, ignore_errors=True)
             buf.path = type(buf.path)("(temporary, removed)")
         buf.check_compatible(train, cfg.model)
-        self._check_window(buf.epochs)
+        self._check_config(buf.epochs)
         return buf
 
     def expert_for(self, it: int, seed: int) -> int:
@@ -325,7 +339,12 @@ class MatchingTrainingTrajectories(IterativeDistiller):
             raise ConfigError(f"this {self.name} setting is published with ZCA '{want}' but the data has '{have}'; "
                               f"load it with --zca {want} or pass --set zca={have}")
 
+    def _reset(self) -> None:
+        """Forget what a previous ``distill`` on this instance cached (expert order, student network, buffer)."""
+        self.buffer, self._perm_cache, self._flat = None, {}, None
+
     def init_state(self, train: RealDataset, ipc: int, generator: torch.Generator, seed: int) -> dict[str, Any]:
+        self._reset()
         self._check_zca(train)
         self.buffer = self._open_buffer(train)
         images = initial_images(train, ipc, self.config.init, generator)
@@ -348,9 +367,23 @@ class MatchingTrainingTrajectories(IterativeDistiller):
     def checkpoint_state(self, state: dict[str, Any]) -> dict[str, Any]:
         saved = {k: v.detach() for k, v in state.items() if isinstance(v, torch.Tensor)}
         saved.update({k: state[k].state_dict() for k in self._optimizers(state)})
+        saved["buffer_identity"] = self.buffer.identity()
         return saved
 
+    def _check_same_buffer(self, saved: dict[str, Any]) -> None:
+        """Refuse to resume on a buffer other than the checkpoint's (other experts, epochs or contents)."""
+        then, now = saved.get("buffer_identity"), self.buffer.identity()
+        if then is None:  # a checkpoint written before the record existed
+            return
+        changed = [f"{k} {then.get(k)} -> {now[k]}" for k in now if then.get(k) != now[k]]
+        if changed:
+            raise CheckpointError(f"the expert buffer {self.buffer.path} changed since the checkpoint "
+                                  f"({', '.join(changed)}); resume with the buffer the run started with, or start "
+                                  "over in another --out")
+
     def restore_state(self, saved: dict[str, Any]) -> dict[str, Any]:
+        self._check_same_buffer(saved)
+        self._perm_cache, self._flat = {}, None  # the buffer stays: init_state opened it for this run
         tensors = {k: v for k, v in saved.items() if isinstance(v, torch.Tensor) and not k.startswith("opt_")}
         live_keys = ("images", "syn_lr", "labels")
         state = self._live({k: v for k, v in tensors.items() if k in live_keys},
@@ -406,7 +439,7 @@ class MatchingTrainingTrajectories(IterativeDistiller):
         target = self.buffer.snapshot(expert, start_epoch + cfg.expert_epochs).to(self.device)
         dsa = DSA.for_dataset(train.flip_ok, cfg.dsa_strategy) if cfg.dsa else DSA("none")
         plan = plan_steps(state["images"].shape[0], cfg.syn_steps, cfg.batch_syn, train.image_shape[-1], dsa,
-                          generator)
+                          generator, device=self.device)
         loss = self.matching_gradients(state, train, plan, start, target)
         self.apply_update(state, loss)
         return {"loss": loss, "syn_lr": state["syn_lr"].detach().clone(), "start_epoch": torch.tensor(start_epoch)}

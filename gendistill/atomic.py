@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -12,7 +13,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_json", "atomic_text", "atomic_torch_save", "atomic_write", "replace_dir", "temp_dir_beside"]
+__all__ = ["atomic_json", "atomic_text", "atomic_torch_save", "atomic_write", "replace_dir", "sha256_file",
+           "temp_dir_beside"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -63,3 +65,12 @@ def replace_dir(tmp_dir: Path, target: str | Path) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -27,10 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DSA", "DSAParams", "AugDraw", "DrawSequence", "GroupDraw", "IDCAugment", "ImageNetAugment",
+__all__ = ["DSA", "FULL_DSA", "DSAParams", "AugDraw", "DrawSequence", "GroupDraw", "IDCAugment", "ImageNetAugment",
            "color_jitter", "cutmix", "lighting", "random_resized_crop_boxes", "resize_images", "resized_crop"]
 
 FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
+
+#: Every DSA family: the reference default strategy (``color_crop_cutout_flip_scale_rotate``).
+FULL_DSA = "color_crop_cutout_flip_scale_rotate"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +81,7 @@ class DSA:
         params: the ranges (reference defaults).
     """
 
-    def __init__(self, strategy: str = "color_crop_cutout_flip_scale_rotate", params: DSAParams | None = None):
+    def __init__(self, strategy: str = FULL_DSA, params: DSAParams | None = None):
         self.strategy = strategy
         self.families = [] if strategy in ("", "none") else strategy.split("_")
         bad = [f for f in self.families if f not in FAMILIES]
@@ -87,7 +90,7 @@ class DSA:
         self.params = params or DSAParams()
 
     @classmethod
-    def for_dataset(cls, flip_ok: bool, strategy: str = "color_crop_cutout_flip_scale_rotate") -> DSA:
+    def for_dataset(cls, flip_ok: bool, strategy: str = FULL_DSA) -> DSA:
         """The strategy for a dataset: without ``flip`` for digit datasets (MNIST, SVHN)."""
         if not flip_ok:
             strategy = "_".join(f for f in strategy.split("_") if f != "flip")
@@ -240,7 +243,7 @@ class IDCAugment(DSA):
     call per class) picks it per group.
     """
 
-    def __init__(self, strategy: str = "color_crop_cutout_flip_scale_rotate", params: DSAParams | None = None):
+    def __init__(self, strategy: str = FULL_DSA, params: DSAParams | None = None):
         super().__init__(strategy, params)
         self._geometric = DSA("_".join(f for f in self.families if f not in ("flip", "color", "cutout")) or "none",
                               self.params)

@@ -39,12 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .atomic import atomic_json, atomic_torch_save, atomic_write
-from .augment import DSA
+from .atomic import atomic_json, atomic_torch_save, atomic_write, sha256_file
+from .augment import DSA, FULL_DSA
 from .blocking import block_rows, blocked_mean_backward
 from .data import DatasetSplits, RealDataset
 from .errors import ConfigError, GendistillError, NonFiniteLossError
 from .nets import create_network
+from .preprocessing import Preprocessing
 from .seeding import derive_seed, make_generator
 
 __all__ = ["FORMAT", "BufferRecipe", "ExpertBuffer", "expert_optimizer", "flat_parameters", "train_buffers"]
@@ -52,8 +53,6 @@ __all__ = ["FORMAT", "BufferRecipe", "ExpertBuffer", "expert_optimizer", "flat_p
 FORMAT = "gendistill.buffer"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-FULL_DSA = "color_crop_cutout_flip_scale_rotate"
-
 
 @dataclasses.dataclass
 class BufferRecipe:
@@ -108,14 +107,6 @@ def _network_record(net: nn.Module, name: str) -> dict[str, Any]:
             "num_params": int(sum(p.numel() for _, p in params))}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
@@ -132,19 +123,6 @@ def _load_tensor(path: Path, key: str) -> torch.Tensor:
     except (SafetensorError, OSError, KeyError) as exc:
         raise GendistillError(f"{path} cannot be read ({type(exc).__name__}); delete it to retrain that "
                               "epoch") from exc
-
-
-def _same_preprocessing(a: dict[str, Any], b: dict[str, Any], tol: float = 1e-4) -> bool:
-    """Whether two :meth:`Preprocessing.describe` records define the same model space."""
-    na, nb = a.get("normalize", {}), b.get("normalize", {})
-    vals_a = list(na.get("mean", [])) + list(na.get("std", []))
-    vals_b = list(nb.get("mean", [])) + list(nb.get("std", []))
-    if len(vals_a) != len(vals_b) or any(abs(x - y) > tol for x, y in zip(vals_a, vals_b, strict=True)):
-        return False
-    za, zb = a.get("zca"), b.get("zca")
-    if (za is None) != (zb is None):
-        return False
-    return za is None or (za.get("variant") == zb.get("variant") and za.get("fingerprint") == zb.get("fingerprint"))
 
 
 def _describe_space(desc: dict[str, Any]) -> str:
@@ -215,10 +193,10 @@ def _train_epoch(net: nn.Module, opt: _SGDStep | _GSAMStep, x: torch.Tensor, y: 
     """One pass over ``(x, y)`` in shuffled batches (the last one smaller), DSA per batch; mean batch loss."""
     net.train()
     n = x.shape[0]
-    perm = torch.randperm(n, generator=generator)
+    perm = torch.randperm(n, generator=generator).to(x.device)  # one host-to-device copy per epoch
     total = torch.zeros((), device=x.device)
     for start in range(0, n, batch_size):
-        idx = perm[start : start + batch_size].to(x.device)
+        idx = perm[start : start + batch_size]
         xb, yb = x[idx], y[idx]
         if dsa.enabled:
             xb = dsa(xb, generator)
@@ -281,6 +259,16 @@ class ExpertBuffer:
     def recipe(self) -> dict[str, Any]:
         return dict(self.manifest["recipe"])
 
+    @property
+    def experts_sha256(self) -> str:
+        """A short hash of the per-expert sha256 list (identifies the experts' contents, in order)."""
+        joined = "\n".join(str(e.get("sha256", "")) for e in self.experts)
+        return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+    def identity(self) -> dict[str, Any]:
+        """What a distillation checkpoint records to check, on resume, that it reads the same buffer."""
+        return {"experts": self.num_experts, "epochs": self.epochs, "experts_sha256": self.experts_sha256}
+
     def summary(self) -> dict[str, Any]:
         """What a distillation records about the buffer it used."""
         m = self.manifest
@@ -300,7 +288,7 @@ class ExpertBuffer:
                 f"{m.get('num_classes')} classes, not {train.name} {tuple(train.image_shape)}; train experts for this "
                 "dataset (gendistill buffers)")
         mine = train.preprocessing.describe()
-        if not _same_preprocessing(m["preprocessing"], mine):
+        if not Preprocessing.same_description(m["preprocessing"], mine):
             raise GendistillError(
                 f"buffer {self.path} was trained with other preprocessing ({_describe_space(m['preprocessing'])}) "
                 f"than this data ({_describe_space(mine)}); use the same normalisation/ZCA (--zca) as the buffer")
@@ -324,7 +312,7 @@ class ExpertBuffer:
         if expert not in self._verified:
             if not path.is_file():
                 raise GendistillError(f"{path} is missing; the buffer is incomplete (rerun gendistill buffers)")
-            if _sha256(path) != self.experts[expert]["sha256"]:
+            if sha256_file(path) != self.experts[expert]["sha256"]:
                 raise GendistillError(f"{path} does not match its checksum in {MANIFEST}: truncated or modified; "
                                       "delete it and rerun gendistill buffers to retrain that expert")
             self._verified.add(expert)
@@ -485,7 +473,7 @@ def train_buffers(data: RealDataset | DatasetSplits, out: str | Path, experts: i
         name = f"expert_{i:03d}.safetensors"
         _save_tensors(out / name, {"trajectory": torch.stack(snaps)},
                       metadata={"format": FORMAT, "expert": str(i), "epochs": str(recipe.epochs)})
-        record = {"index": i, "file": name, "sha256": _sha256(out / name), "epochs": recipe.epochs,
+        record = {"index": i, "file": name, "sha256": sha256_file(out / name), "epochs": recipe.epochs,
                   "init_seed": init_seed, "final_train_loss": float(loss), "seconds": time.perf_counter() - start}
         if test is not None:
             record["test_accuracy"] = split_accuracy(net, test, device=device)

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import DSA, DCAugment, IDCAugment, ImageNetAugment, cutmix, resize_images
+from .augment import DSA, FULL_DSA, DCAugment, IDCAugment, ImageNetAugment, cutmix, resize_images
 from .blocking import block_rows, blocked_mean_backward
 from .config import config_to_dict, from_dict, read_yaml
 from .data import RealDataset
@@ -69,8 +69,6 @@ CUSTOM_EVALUATORS: dict[str, Any] = {}
 def register_evaluator(name: str, fn: Any) -> None:
     """Register a method-specific evaluator usable as ``--protocol name``."""
     CUSTOM_EVALUATORS[name] = fn
-
-FULL_DSA = "color_crop_cutout_flip_scale_rotate"
 
 
 @dataclasses.dataclass

@@ -162,9 +162,18 @@ class Preprocessing:
 
     def same_space(self, other: Preprocessing, tol: float = 1e-4) -> bool:
         """Whether two preprocessings map pixels to the same space."""
-        if len(self.mean) != len(other.mean):
+        return self.same_description(self.describe(), other.describe(), tol)
+
+    @staticmethod
+    def same_description(a: dict[str, Any], b: dict[str, Any], tol: float = 1e-4) -> bool:
+        """Whether two :meth:`describe` records define the same space: normalisation within ``tol``, the same
+        ZCA variant and fingerprint (or both without ZCA)."""
+        na, nb = a.get("normalize") or {}, b.get("normalize") or {}
+        for key in ("mean", "std"):
+            va, vb = list(na.get(key, [])), list(nb.get(key, []))
+            if len(va) != len(vb) or any(abs(x - y) > tol for x, y in zip(va, vb, strict=True)):
+                return False
+        za, zb = a.get("zca"), b.get("zca")
+        if (za is None) != (zb is None):
             return False
-        close = all(abs(a - b) <= tol for a, b in zip(self.mean + self.std, other.mean + other.std, strict=True))
-        if not close or (self.zca is None) != (other.zca is None):
-            return False
-        return self.zca is None or self.zca.fingerprint == other.zca.fingerprint
+        return za is None or all(za.get(k) == zb.get(k) for k in ("variant", "fingerprint"))

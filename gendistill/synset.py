@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import platform
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .atomic import replace_dir, temp_dir_beside
+from .atomic import replace_dir, sha256_file, temp_dir_beside
 from .errors import GendistillError, SynsetFormatError
 from .preprocessing import Preprocessing
 
@@ -49,14 +48,6 @@ def resolve_synset_dir(path: str | Path) -> Path:
     if not (path / META_FILE).is_file() and (path / "synset" / META_FILE).is_file():
         return path / "synset"
     return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_grid(pixels: torch.Tensor, labels: torch.Tensor, num_classes: int, path: str | Path,
@@ -197,7 +188,7 @@ class SyntheticSet:
             "class_names": self.class_names,
             "lr": self.lr,
             "preprocessing": self.preprocessing.describe(),
-            "sha256": _sha256(tmp / TENSOR_FILE),
+            "sha256": sha256_file(tmp / TENSOR_FILE),
             "meta": self.meta,
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
@@ -225,7 +216,7 @@ class SyntheticSet:
             raise SynsetFormatError(f"{meta_path} is not a gendistill synthetic-set record")
         if int(meta.get("schema_version", 0)) > SCHEMA_VERSION:
             raise SynsetFormatError(f"{directory} uses schema {meta['schema_version']}; upgrade gendistill")
-        if meta.get("sha256") and _sha256(tensor_path) != meta["sha256"]:
+        if meta.get("sha256") and sha256_file(tensor_path) != meta["sha256"]:
             raise SynsetFormatError(
                 f"{tensor_path} does not match the checksum in {META_FILE}: truncated or modified; re-export the set"
             )

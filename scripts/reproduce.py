@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--set", action="append", default=[], help="method override applied to every cell")
+    ap.add_argument("--also", action="append", default=[], metavar="PROTOCOL[:EPOCHS[:RUNS]]",
+                    help="also evaluate every cell under this protocol (into result_<protocol>.json), e.g. a "
+                         "method's own protocol next to the shared one; cells whose method cannot take it are skipped")
     args = ap.parse_args(argv)
     out = Path(args.out)
     rows = []
@@ -66,13 +69,42 @@ def main(argv: list[str] | None = None) -> int:
                 result = evaluate_run(synset, splits, run_dir, seed=args.seed, **eval_kwargs).to_dict()
                 result["distill_time_s"] = synset.meta.get("distill_time_s")
                 (run_dir / "result.json").write_text(json.dumps(result, indent=2))
-        rows.append(result_row(result, f"{method} ({', '.join(cell_overrides)})" if cell_overrides else method))
+        label = f"{method} ({', '.join(cell_overrides)})" if cell_overrides else method
+        rows.append(result_row(result, label))
+        rows += [result_row(extra, label) for extra in _also(args, run_dir, dataset, cache)]
         print(f"{cell}: {result['mean']:.2f} ± {result['std']:.2f} under {result['protocol']['name']} "
               f"({result.get('protocol_source', 'given')}; {result['wall_time_s']:.0f} s eval, "
               f"{result['seconds_per_run']:.0f} s/run)", flush=True)
         atomic_text(out / "table.md", format_table(rows))
     print(format_table(rows))
     return 0
+
+
+def _also(args: argparse.Namespace, run_dir: Path, dataset: str, cache: dict) -> list[dict]:
+    """The ``--also`` evaluations of one cell (cached in ``result_<protocol>.json``)."""
+    from gendistill.errors import GendistillError
+    from gendistill.synset import SyntheticSet
+
+    found = []
+    for spec in args.also:
+        name, *rest = spec.split(":")
+        target = run_dir / f"result_{name}.json"
+        if target.is_file():
+            found.append(json.loads(target.read_text()))
+            continue
+        splits = cache.get(dataset) or load_dataset(dataset, args.data_root)
+        cache[dataset] = splits
+        try:
+            result = evaluate_run(SyntheticSet.load(run_dir / "synset"), splits, None, protocol=name, seed=args.seed,
+                                  epochs=int(rest[0]) if rest and rest[0] else None,
+                                  runs=int(rest[1]) if len(rest) > 1 else args.runs).to_dict()
+        except GendistillError as exc:
+            print(f"{run_dir.name}: not evaluated under {name}: {exc}")
+            continue
+        atomic_text(target, json.dumps(result, indent=2))
+        print(f"{run_dir.name} under {name}: {result['mean']:.2f} ± {result['std']:.2f}", flush=True)
+        found.append(result)
+    return found
 
 
 if __name__ == "__main__":

@@ -7,17 +7,24 @@ import pytest
 import torch
 from torch import nn
 
+from baselines.base import initial_images
 from baselines.datm import (
     DATMConfig,
     DifficultyAlignedTrajectoryMatching,
+    expert_logits,
     initial_soft_labels,
     select_correctly_classified,
     soft_cross_entropy,
 )
 from baselines.mtt import FlatNetwork
+from gendistill.buffers import train_buffers
 from gendistill.data import RealDataset
+from gendistill.errors import ConfigError
 from gendistill.evaluation import default_protocol, evaluate
+from gendistill.nets import create_network
 from gendistill.preprocessing import Preprocessing
+from gendistill.runs import RunDir
+from gendistill.seeding import make_generator
 
 I3 = torch.eye(3)
 CYCLE = torch.tensor([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]])  # logits [x2, x0, x1]
@@ -98,3 +105,59 @@ def test_datm_set_evaluates_with_soft_labels_and_its_lr(tiny_train, tiny_test):
     p = result.protocol
     assert p["name"] == "datm" and p["label_loss"] == "soft_ce" and p["lr_from_synset"] and p["batch_size"] == 128
     assert result.synset["label_kind"] == "soft" and 0 <= result.mean <= 100
+
+
+def test_expert_logits_run_the_network_in_eval_mode():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3, 3, bias=False), nn.BatchNorm1d(3))
+    student = FlatNetwork(net)
+    params = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    x = torch.tensor([[1.0, 0, 0], [0, 2, 0], [0, 0, 3], [1, 1, 1]]).view(4, 1, 1, 3)
+    out = expert_logits(student, params, x)
+    # BatchNorm in eval mode: the fresh running statistics (mean 0, var 1), not the batch's
+    assert torch.allclose(out, net[1](x.view(4, 3)).detach() / (1 + net[2].eps) ** 0.5)
+    assert net.training and torch.equal(net[2].running_mean, torch.zeros(3))  # mode restored, stats untouched
+
+
+def test_real_init_labels_are_the_raw_logits_of_expert_zero(tmp_path, tiny_train):
+    buf = train_buffers(tiny_train, tmp_path / "buf", experts=2, epochs=2, model="convnet_w8", batch_size=32,
+                        progress=False)
+    cfg = DATMConfig(**{**TINY, "iterations": 0, "init": "real", "buffer": str(buf.path)})
+    syn = DifficultyAlignedTrajectoryMatching(cfg).distill(tiny_train, 2, seed=5, progress=False)
+    images = initial_images(tiny_train, 2, "real", make_generator(5))
+    assert torch.equal(syn.images, images)
+    student = FlatNetwork(create_network("convnet_w8", 1, 10, 16, seed=0))
+    assert torch.allclose(syn.labels, expert_logits(student, buf.snapshot(0, 2), images), atol=1e-6)
+    assert not torch.allclose(syn.labels[0], syn.labels[1])  # per image, not a class mean
+    assert syn.meta["init"] == "real" and syn.meta["label_epoch"] == 2 and syn.meta["init_fallback"] == {}
+
+
+@pytest.mark.parametrize("change,needle", [({"label_epoch": 3}, "label_epoch 3 is outside -3..2"),
+                                           ({"label_epoch": -4}, "label_epoch -4 is outside"),
+                                           ({"current_max_start_epoch": 0}, "must exceed min_start_epoch")])
+def test_bad_datm_settings_are_refused_in_one_line(tiny_train, change, needle):
+    with pytest.raises(ConfigError, match=needle) as err:
+        DifficultyAlignedTrajectoryMatching(DATMConfig(**{**TINY, **change})).distill(tiny_train, 1, progress=False)
+    assert "\n" not in str(err.value)
+
+
+def test_resume_restores_labels_their_optimizer_and_skips_exactly(tmp_path, tiny_train):
+    cfg = DATMConfig(**{**TINY, "iterations": 4, "threshold": 0.987})  # losses ~0.990, 0.985, 0.990, 0.984
+    full = DifficultyAlignedTrajectoryMatching(cfg).distill(tiny_train, 1, seed=1, run=RunDir(tmp_path / "a"),
+                                                            progress=False)
+    assert full.meta["skipped_updates"] == 2  # iterations 0 and 2 skipped, 1 and 3 applied
+
+    class Stop(DifficultyAlignedTrajectoryMatching):
+        def step(self, it, *args):
+            if it == 3:
+                raise KeyboardInterrupt
+            return super().step(it, *args)
+
+    Stop.name = "datm"
+    with pytest.raises(KeyboardInterrupt):
+        Stop(cfg).distill(tiny_train, 1, seed=1, run=RunDir(tmp_path / "b", checkpoint_every=2), progress=False)
+    saved = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["state"]
+    assert saved["opt_y"]["state"] and "labels" in saved and "skipped" in saved  # the label momentum is stored
+    resumed = DifficultyAlignedTrajectoryMatching(cfg).distill(
+        tiny_train, 1, seed=1, progress=False, run=RunDir(tmp_path / "b", resume=True, checkpoint_every=2))
+    assert torch.equal(resumed.labels, full.labels) and torch.equal(resumed.images, full.images)
+    assert resumed.lr == full.lr and resumed.meta["skipped_updates"] == full.meta["skipped_updates"]

@@ -17,10 +17,11 @@ from baselines.mtt import (
 )
 from gendistill.augment import DSA
 from gendistill.buffers import train_buffers
-from gendistill.errors import GendistillError
+from gendistill.errors import CheckpointError, ConfigError, GendistillError
 from gendistill.evaluation import default_protocol
 from gendistill.nets import create_network
 from gendistill.runs import RunDir
+from gendistill.seeding import derive_seed, make_generator
 
 TINY = dict(iterations=2, syn_steps=2, expert_epochs=1, max_start_epoch=1, buffer_experts=1, buffer_epochs=2,
             buffer_batch=32, model="convnet_w8")
@@ -119,6 +120,20 @@ def test_minibatches_follow_the_reference_chunking():
     assert all(p.draw is None for p in plan)
 
 
+def test_a_plan_for_a_device_holds_its_indices_and_draws_there():
+    """The student steps index and augment without host-device copies: the plan is moved once, when made
+    (the ``meta`` device stands in for a GPU); on the CPU the plan is the same as without a device."""
+    dsa = DSA("color_crop_cutout_scale_rotate")
+    cpu = plan_steps(10, 5, 4, 8, dsa, torch.Generator().manual_seed(0))
+    same = plan_steps(10, 5, 4, 8, dsa, torch.Generator().manual_seed(0), device="cpu")
+    moved = plan_steps(10, 5, 4, 8, dsa, torch.Generator().manual_seed(0), device="meta")
+    for a, b, m in zip(cpu, same, moved, strict=True):
+        assert torch.equal(a.indices, b.indices) and a.draw.family == b.draw.family == m.draw.family
+        assert all(torch.equal(a.draw.values[k], b.draw.values[k]) for k in a.draw.values)
+        assert m.indices.device.type == "meta" and m.indices.shape == a.indices.shape
+        assert all(v.device.type == "meta" for v in m.draw.values.values())
+
+
 def test_mtt_learns_lr_and_tesla_gives_the_same_set(tiny_train):
     syn = MatchingTrainingTrajectories(MTTConfig(**TINY)).distill(tiny_train, 2, seed=0, progress=False)
     assert syn.lr is not None and syn.lr != 0.01 and syn.meta["grad"] == "unroll"
@@ -153,6 +168,51 @@ def test_run_folder_buffer_resume_and_refusal(tmp_path, tiny_train):
     with pytest.raises(GendistillError, match="expert_epochs"):
         too_late = dataclasses.replace(cfg, buffer=str(tmp_path / "a" / "buffer"), max_start_epoch=3)
         MatchingTrainingTrajectories(too_late).distill(tiny_train, 1, progress=False)
+
+
+def _two_expert_buffer(tiny_train, path):
+    return train_buffers(tiny_train, path, experts=2, epochs=2, model="convnet_w8", batch_size=32, progress=False)
+
+
+def test_two_distills_on_one_instance_equal_fresh_instances(tmp_path, tiny_train):
+    buf = _two_expert_buffer(tiny_train, tmp_path / "buf")
+    cfg = MTTConfig(**{**TINY, "iterations": 2, "buffer": str(buf.path)})
+    orders = {s: torch.randperm(2, generator=make_generator(derive_seed(s, "experts", 0))).tolist() for s in (0, 2)}
+    assert orders[0] != orders[2]  # so a stale expert order would show
+    one = MatchingTrainingTrajectories(cfg)
+    first, second = (one.distill(tiny_train, 1, seed=s, progress=False) for s in (0, 2))
+    for syn, s in ((first, 0), (second, 2)):
+        fresh = MatchingTrainingTrajectories(cfg).distill(tiny_train, 1, seed=s, progress=False)
+        assert torch.equal(syn.images, fresh.images) and syn.lr == fresh.lr
+
+
+def test_resume_refuses_a_changed_buffer_in_one_line(tmp_path, tiny_train):
+    buf = _two_expert_buffer(tiny_train, tmp_path / "buf")
+    cfg = MTTConfig(**{**TINY, "iterations": 4, "buffer": str(buf.path)})
+
+    class Stop(MatchingTrainingTrajectories):
+        def step(self, it, *args):
+            if it == 3:
+                raise KeyboardInterrupt
+            return super().step(it, *args)
+
+    Stop.name = "mtt"
+    with pytest.raises(KeyboardInterrupt):
+        Stop(cfg).distill(tiny_train, 1, seed=0, run=RunDir(tmp_path / "r", checkpoint_every=2), progress=False)
+    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert ckpt["state"]["buffer_identity"] == buf.identity()
+    train_buffers(tiny_train, buf.path, experts=3, epochs=2, model="convnet_w8", batch_size=32, progress=False)
+    with pytest.raises(CheckpointError, match="experts 2 -> 3.*experts_sha256") as err:
+        MatchingTrainingTrajectories(cfg).distill(tiny_train, 1, seed=0, progress=False,
+                                                  run=RunDir(tmp_path / "r", resume=True, checkpoint_every=2))
+    assert "\n" not in str(err.value) and "another --out" in str(err.value)
+
+
+@pytest.mark.parametrize("key,value", [("expert_epochs", 0), ("syn_steps", 0), ("batch_syn", -1)])
+def test_bad_step_settings_are_refused_in_one_line(tiny_train, key, value):
+    with pytest.raises(ConfigError, match=f"{key} must be at least") as err:
+        MatchingTrainingTrajectories(MTTConfig(**{**TINY, key: value})).distill(tiny_train, 1, progress=False)
+    assert "\n" not in str(err.value)
 
 
 def test_cli_distill_with_the_cpu_preset_trains_experts_in_the_run(tmp_path, data_env, capsys):
