@@ -143,3 +143,22 @@ def test_reference_cache_goes_next_to_the_data_or_to_the_user_cache_when_read_on
     finally:
         os.chmod(data_env, 0o755)
     assert default_cache_dir(train.subset(torch.arange(3))) is None  # an in-memory dataset: no disk cache
+
+
+def test_minimax_experiment_script_runs_an_arm_and_writes_its_table(data_env, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    import minimax_experiment
+
+    out = tmp_path / "exp"
+    args = ["--dataset", "mnist", "--out", str(out), "--arms", "random", "--ipcs", "1,2", "--epochs", "1:1,2:1",
+            "--runs", "1", "--quiet"]
+    assert minimax_experiment.main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"random@1", "random@2"} and summary["random@2"]["protocol"] == "dsa 1 epochs x 1 runs"
+    table = (out / "table.md").read_text()
+    assert "| random | 1 |" in table and "coverage" in table
+    assert minimax_experiment.main([*args, "--table-only"]) == 0  # rewrites the table from the summary
+    with pytest.raises(SystemExit):
+        minimax_experiment.main([*args[:4], "--arms", "nonsense"])
