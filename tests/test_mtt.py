@@ -143,19 +143,26 @@ def test_mtt_learns_lr_and_tesla_gives_the_same_set(tiny_train):
     assert torch.allclose(tesla.images, syn.images, atol=1e-4) and tesla.lr == pytest.approx(syn.lr, rel=1e-4)
 
 
+def _interrupted_at(stop_it: int) -> type:
+    """MTT that raises KeyboardInterrupt at iteration ``stop_it`` (a run interrupted after its checkpoint)."""
+
+    class Stop(MatchingTrainingTrajectories):
+        def step(self, it, *args):
+            if it == stop_it:
+                raise KeyboardInterrupt
+            return super().step(it, *args)
+
+    Stop.name = "mtt"
+    return Stop
+
+
 def test_run_folder_buffer_resume_and_refusal(tmp_path, tiny_train):
     cfg = MTTConfig(**{**TINY, "iterations": 4})
     full = MatchingTrainingTrajectories(cfg).distill(tiny_train, 1, seed=2, run=RunDir(tmp_path / "a"),
                                                      progress=False)
     assert (tmp_path / "a" / "buffer" / "manifest.json").is_file()
 
-    class Stop(MatchingTrainingTrajectories):
-        def step(self, it, *args):
-            if it == 3:
-                raise KeyboardInterrupt
-            return super().step(it, *args)
-
-    Stop.name = "mtt"
+    Stop = _interrupted_at(3)
     with pytest.raises(KeyboardInterrupt):
         Stop(cfg).distill(tiny_train, 1, seed=2, run=RunDir(tmp_path / "b", checkpoint_every=2), progress=False)
     resumed = MatchingTrainingTrajectories(cfg).distill(tiny_train, 1, seed=2, progress=False,
@@ -190,13 +197,7 @@ def test_resume_refuses_a_changed_buffer_in_one_line(tmp_path, tiny_train):
     buf = _two_expert_buffer(tiny_train, tmp_path / "buf")
     cfg = MTTConfig(**{**TINY, "iterations": 4, "buffer": str(buf.path)})
 
-    class Stop(MatchingTrainingTrajectories):
-        def step(self, it, *args):
-            if it == 3:
-                raise KeyboardInterrupt
-            return super().step(it, *args)
-
-    Stop.name = "mtt"
+    Stop = _interrupted_at(3)
     with pytest.raises(KeyboardInterrupt):
         Stop(cfg).distill(tiny_train, 1, seed=0, run=RunDir(tmp_path / "r", checkpoint_every=2), progress=False)
     ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
