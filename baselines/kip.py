@@ -26,7 +26,6 @@ The shared finite-network protocols (``dc``, ``dsa``) evaluate the same sets as 
 from __future__ import annotations
 
 import dataclasses
-import resource
 import time
 from typing import Any, Literal
 
@@ -37,6 +36,7 @@ from gendistill.errors import ConfigError, GendistillError
 from gendistill.evaluation import EvalProtocol, EvalResult, _check_compatible, register_evaluator
 from gendistill.kernels import KernelSpec, kernel, kip_loss, krr_weights
 from gendistill.methods import IterativeDistiller, register_method
+from gendistill.resources import peak_memory_mb
 from gendistill.synset import SyntheticSet
 
 __all__ = ["KIP", "KIPConfig", "centred_one_hot", "evaluate_krr", "kernel_spec_of"]
@@ -192,10 +192,7 @@ def evaluate_krr(synset: SyntheticSet, test: RealDataset, *, runs: int = 1, seed
             correct += (pred.argmax(1) == yb.to(dev)).sum()
     acc = 100.0 * int(correct) / len(test)
     wall = time.perf_counter() - start
-    if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(dev) / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_memory_mb(dev)
     protocol = {"name": "krr", "model": f"{spec.arch}{spec.layers}-{spec.get} (infinite width)",
                 "kernel": spec.describe(), "reg": reg, "epochs": 0, "lr": 0.0,
                 "schedule": "none (closed-form kernel ridge regression)", "lr_from_synset": False,

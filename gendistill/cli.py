@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--test-subset", type=int, default=None, metavar="N",
                    help="test on a class-balanced subset of N images (quick checks; the result is marked reduced)")
+    p.add_argument("--hard-labels", action="store_true",
+                   help="replace soft labels by their argmax first (e.g. DATM under --protocol dsa: the label effect)")
     _add_eval_args(p)
     _add_data_args(p)
 
@@ -267,6 +269,8 @@ def _cmd_eval(args) -> int:
     from .synset import SyntheticSet
 
     synset = SyntheticSet.load(args.synset)
+    if args.hard_labels:
+        synset = synset.with_hard_labels()
     splits = load_for_synset(synset, args.data_root, args.download, args.dataset)
     result = evaluate(synset, splits.test, args.protocol, model=args.model, runs=args.runs, epochs=args.epochs,
                       seed=args.seed, device=args.device, progress=not args.quiet, test_subset=args.test_subset)

@@ -37,7 +37,6 @@ import copy
 import dataclasses
 import functools
 import math
-import resource
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +53,7 @@ from .data import RealDataset
 from .decoders import multiformation_factor
 from .errors import GendistillError, NonFiniteLossError
 from .nets import create_network
+from .resources import peak_memory_mb
 from .seeding import derive_seed, make_generator
 from .synset import SyntheticSet
 
@@ -699,10 +699,7 @@ def evaluate(
         best = {"best_mean": float(np.mean(best_accs)), "best_std": float(np.std(best_accs)), "best_accs": best_accs,
                 "best_epochs": [int(b[0]) for b in runs_best]}
     wall = time.perf_counter() - start
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_memory_mb(device)
     return EvalResult(
         mean=float(np.mean(accs)), std=float(np.std(accs)), accs=[float(a) for a in accs],
         protocol=config_to_dict(proto), reduced=bool(notes), reduced_note="; ".join(notes), wall_time_s=wall,
@@ -710,7 +707,8 @@ def evaluate(
         synset={"method": synset.meta.get("method"), "dataset": synset.meta.get("dataset", test.name),
                 "preset": synset.meta.get("preset"), "reduced_budget": bool(synset.meta.get("reduced_budget")),
                 "ipc": synset.ipc, "num_images": len(synset), "num_train_images": int(x.shape[0]),
-                "decoder": synset.meta.get("decoder"), "label_kind": "soft" if synset.soft else "hard",
+                "decoder": synset.meta.get("decoder"), "label_kind": "soft" if synset.soft else
+                  "hardened" if synset.meta.get("labels_hardened") else "hard",
                 "preprocessing": synset.preprocessing.describe()},
         protocol_source=source, **best,
     )

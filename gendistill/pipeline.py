@@ -12,6 +12,7 @@ from .data import DatasetSplits, load_dataset
 from .errors import ConfigError, GendistillError
 from .evaluation import EvalResult, evaluate
 from .methods import get_method
+from .resources import peak_memory_mb
 from .results import format_table, result_row
 from .runs import RunDir
 from .synset import SyntheticSet, check_ipc
@@ -176,6 +177,7 @@ def distill(method: str, splits: DatasetSplits, ipc: int, out: str | Path, *, se
             shutil.rmtree(run.path, ignore_errors=True)
         raise
     synset.meta.setdefault("distill_time_s", time.perf_counter() - start)
+    synset.meta["distill_peak_memory_mb"] = peak_memory_mb(getattr(config, "device", "cpu"))  # this process's
     synset.meta["preset"] = preset or "paper"
     synset.meta["reduced_budget"] = bool(preset and preset.startswith("cpu")) or bool(reductions)
     synset.meta["budget_reductions"] = reductions

@@ -164,6 +164,15 @@ class SyntheticSet:
         return dataclasses.replace(self, images=self.images[keep], labels=self.labels[keep], source_indices=src,
                                    meta=meta)
 
+    def with_hard_labels(self) -> SyntheticSet:
+        """The same images with each soft label replaced by its argmax (DATM's label ablation: how much of a
+        soft-label method's accuracy its labels carry). Recorded as ``meta["labels_hardened"]``; a hard-label set
+        is returned unchanged."""
+        if not self.soft:
+            return self
+        meta = {**self.meta, "labels_hardened": "argmax of the set's soft labels"}
+        return dataclasses.replace(self, labels=self.hard_labels(), meta=meta)
+
     # --------------------------------------------------------------------------------------------- disk
     def save(self, directory: str | Path, grid: bool = True) -> Path:
         """Write the folder atomically (see the module docstring); returns its path."""

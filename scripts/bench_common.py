@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from gendistill.resources import peak_memory_mb  # noqa: F401  (re-exported for the scripts)
 
 
 def matmul_peak_gflops(device: str = "cpu", n: int = 2048, repeats: int = 10,
@@ -56,8 +57,3 @@ def time_calls(fn: Callable[[], object], repeats: int, device: str = "cpu", warm
     return (time.perf_counter() - start) / repeats
 
 
-def peak_memory_mb(device: str = "cpu") -> float:
-    """Peak memory: CUDA allocator peak on GPU, the process's max RSS on CPU."""
-    if str(device).startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from gendistill.data import load_dataset
 from gendistill.evaluation import evaluate
 from gendistill.metrics import set_quality
 from gendistill.pipeline import distill
+from gendistill.resources import peak_memory_mb
 from gendistill.synset import SyntheticSet
 
 # arm -> (method, preset, overrides, note); "@minimax_g4" = sample the fine-tuned model of that arm.
@@ -50,10 +50,6 @@ ARMS: dict[str, tuple[str, str | None, list[str], str]] = {
     "dm": ("dm", "cpu", [], "DM, cpu preset (300 iterations, 64 real per class)"),
 }
 PER_IPC = {"dm"}  # generated separately for every IPC (not a prefix of the largest)
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _pretrained(args: argparse.Namespace, splits: Any, out: Path) -> Path:
@@ -153,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                             "accs": result.accs, "protocol": f"dsa {epochs[ipc]} epochs x {args.runs} runs",
                             "eval_s": result.wall_time_s, "distill_time_s": syn.meta.get("distill_time_s"),
                             "metrics": report["summary"], "grad": _grad_ratio(folder),
-                            "peak_rss_mb": _peak_rss_mb()}
+                            "peak_rss_mb": peak_memory_mb()}
             atomic_json(summary_path, summary)
             print(f"{key}: {result.mean:.2f} ± {result.std:.2f}  coverage {report['summary']['coverage']:.3f}  "
                   f"recall {report['summary']['recall']:.3f}  agreement {report['summary']['agreement']:.3f}")

@@ -39,9 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--set", action="append", default=[], help="method override applied to every cell")
-    ap.add_argument("--also", action="append", default=[], metavar="PROTOCOL[:EPOCHS[:RUNS]]",
+    ap.add_argument("--also", action="append", default=[], metavar="PROTOCOL[+hard][:EPOCHS[:RUNS]]",
                     help="also evaluate every cell under this protocol (into result_<protocol>.json), e.g. a "
-                         "method's own protocol next to the shared one; cells whose method cannot take it are skipped")
+                         "method's own protocol next to the shared one; cells whose method cannot take it are "
+                         "skipped. '+hard' replaces soft labels by their argmax first (e.g. dsa+hard for DATM)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     rows = []
@@ -95,7 +96,16 @@ def _also(args: argparse.Namespace, run_dir: Path, dataset: str, cache: dict) ->
         splits = cache.get(dataset) or load_dataset(dataset, args.data_root)
         cache[dataset] = splits
         try:
-            result = evaluate_run(SyntheticSet.load(run_dir / "synset"), splits, None, protocol=name, seed=args.seed,
+            protocol, _, hard = name.partition("+")
+            if hard not in ("", "hard"):
+                raise SystemExit(f"--also {spec}: the only suffix is '+hard' (e.g. dsa+hard:200:3)")
+            synset = SyntheticSet.load(run_dir / "synset")
+            if hard:
+                if not synset.soft:
+                    print(f"{run_dir.name}: not evaluated under {name}: the set has hard labels already")
+                    continue
+                synset = synset.with_hard_labels()
+            result = evaluate_run(synset, splits, None, protocol=protocol, seed=args.seed,
                                   epochs=int(rest[0]) if rest and rest[0] else None,
                                   runs=int(rest[1]) if len(rest) > 1 else args.runs).to_dict()
         except GendistillError as exc:

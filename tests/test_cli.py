@@ -133,3 +133,21 @@ def test_console_script_prints_no_traceback(tmp_path, data_env):
                            "--dataset", "cifar10", "--ipc", "1", "--out", str(tmp_path / "x")], capture_output=True,
                           text=True)
     assert "Traceback" in proc.stderr
+
+
+def test_eval_hard_labels_of_a_soft_set(tmp_path, data_env, capsys, monkeypatch):
+    """A soft-label set (DATM-style) is refused by a hard-label protocol, and `--hard-labels` evaluates its argmax."""
+    from gendistill.synset import SyntheticSet
+
+    monkeypatch.chdir(tmp_path)
+    run_ok(["distill", "--method", "random", "--dataset", "mnist", "--ipc", "1", "--out", "X"], capsys)
+    syn = SyntheticSet.load("X/synset")
+    assert syn.meta["distill_peak_memory_mb"] > 0  # every run records its peak memory
+    logits = torch.nn.functional.one_hot(syn.labels, 10).float() * 3
+    SyntheticSet(syn.images, logits, syn.class_names, syn.preprocessing, lr=0.01,
+                 meta={**syn.meta, "method": "datm"}).save(tmp_path / "soft")
+    assert "soft labels" in run_err(["eval", "--synset", "soft", "--protocol", "dsa"], capsys)
+    run_ok(["eval", "--synset", "soft", "--protocol", "dsa", "--hard-labels", "--model", "convnet_w8", "--runs", "1",
+            "--epochs", "1", "--json", "r.json"], capsys)
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["synset"]["label_kind"] == "hardened" and result["protocol"]["label_loss"] == "ce"

@@ -318,3 +318,18 @@ def test_cli_imports_a_kip_npz(tmp_path, data_env, capsys):
     syn = SyntheticSet.load(tmp_path / "imported")
     assert syn.meta["method"] == "kip" and syn.meta["dataset"] == "mnist" and torch.equal(syn.labels,
                                                                                           torch.arange(10))
+
+
+def test_bench_kip_tiny_times_both_kernels_and_a_step(tmp_path, data_env, monkeypatch):
+    import json
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_kip
+
+    out = tmp_path / "bench"
+    assert bench_kip.main(["--tiny", "--out", str(out), "--step", "fc,conv"]) == 0
+    report = json.loads((out / "kip_cpu.json").read_text())
+    assert [r["kernel"] for r in report["rows"]] == ["fc", "conv"]
+    assert all(r["k_ts_s"] > 0 and r["step_s"] > 0 and r["targets"] == 8 for r in report["rows"])
+    assert "| conv | 4 | 8 |" in (out / "kip_cpu.md").read_text()

@@ -128,3 +128,13 @@ def test_import_mtt_dir(tmp_path):
     (tmp_path / "images_best.pt").write_bytes(b"garbage")
     with pytest.raises(SynsetFormatError):
         SyntheticSet.from_mtt_dir(tmp_path, spec)
+
+
+def test_with_hard_labels_takes_the_argmax_and_records_it():
+    syn = _syn(soft=True)
+    hard = syn.with_hard_labels()
+    assert not hard.soft and torch.equal(hard.labels, torch.arange(10).repeat_interleave(2))
+    assert hard.meta["labels_hardened"] and "labels_hardened" not in syn.meta and hard.lr == syn.lr
+    assert torch.equal(hard.images, syn.images)
+    plain = _syn()
+    assert plain.with_hard_labels() is plain

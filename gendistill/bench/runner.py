@@ -23,7 +23,6 @@ workers share the output folder.
 from __future__ import annotations
 
 import json
-import resource
 import time
 import traceback
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 from ..atomic import atomic_json
 from ..errors import ConfigError, GendistillError
+from ..resources import peak_memory_mb
 from .spec import BenchSpec, DistillCell, EvalCell, parse_spec
 
 __all__ = ["collect_cells", "robust_scores", "run_bench", "run_distill_cell"]
@@ -39,10 +39,6 @@ __all__ = ["collect_cells", "robust_scores", "run_bench", "run_distill_cell"]
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if not isinstance(exc, GendistillError) else text
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _device_name(device: str) -> str:
@@ -81,7 +77,7 @@ def run_distill_cell(spec_dict: dict[str, Any], cell_index: int, out: str, data_
                              overrides=overrides, resume=run_dir.exists(), progress=progress,
                              checkpoint_every=spec.checkpoint_every, overwrite=False)
             atomic_json(run_dir / "cost.json", {"distill_wall_s": time.perf_counter() - start,
-                                                "distill_peak_rss_mb": _peak_rss_mb(),
+                                                "distill_peak_rss_mb": peak_memory_mb(),
                                                 "device": _device_name(spec.device)})
         failed.unlink(missing_ok=True)
     except Exception as exc:  # a failed cell is recorded and does not stop the others
