@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synset", required=True, help="synthetic-set folder, or the run folder distill wrote")
     p.add_argument("--format", choices=["imagefolder", "grid"], default="imagefolder")
     p.add_argument("--out", required=True)
+    p.add_argument("--raw", action="store_true",
+                   help="imagefolder: write the stored images of a set with a decoder (IDC's mosaics) instead of "
+                        "the decoded images a network trains on")
 
     p = sub.add_parser("import", help="import a reference repository's output (.pt) or an exported image folder")
     p.add_argument("--format", choices=["dc", "mtt", "imagefolder", "kip_npz"], required=True,
@@ -313,7 +316,7 @@ def _cmd_export(args) -> int:
 
     synset = SyntheticSet.load(args.synset)
     if args.format == "imagefolder":
-        path = synset.to_imagefolder(args.out)
+        path = synset.to_imagefolder(args.out, decoded=not args.raw)
     else:
         path = save_grid(synset.to_pixels(), synset.hard_labels(), synset.num_classes, args.out)
     print(f"wrote {path}")

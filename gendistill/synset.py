@@ -244,13 +244,30 @@ class SyntheticSet:
                    tensors.get("source_indices"), dict(meta.get("meta", {})))
 
     # ------------------------------------------------------------------------------------------- export
-    def to_imagefolder(self, directory: str | Path) -> Path:
+    def decoded(self) -> SyntheticSet:
+        """The set as training sees it: a set with a decoder (IDC's multi-formation) becomes its decoded images
+        and repeated labels, with ``meta["decoded_from"]`` recording the decoder; any other set is returned as is."""
+        spec = self.meta.get("decoder")
+        if not spec:
+            return self
+        images, labels = self.materialize()
+        meta = {k: v for k, v in self.meta.items() if k != "decoder"}
+        meta["decoded_from"] = {"decoder": spec, "stored_images": len(self)}
+        return dataclasses.replace(self, images=images, labels=labels, source_indices=None, meta=meta)
+
+    def to_imagefolder(self, directory: str | Path, decoded: bool = True) -> Path:
         """Write de-normalised 8-bit PNGs as ``<NNN>_<class>/<i>.png``, folder names that sort in label order so
         that torchvision's ``ImageFolder`` assigns the same label indices, plus ``class_to_idx.json`` and
         ``metadata.jsonl`` (HF datasets' imagefolder; soft labels kept there). :meth:`from_imagefolder` reads it
-        back to the same images (in 8 bits) and labels."""
+        back to the same images (in 8 bits) and labels.
+
+        ``decoded`` (default): a set with a decoder (IDC) is written as the decoded images a network trains on, so
+        any downstream ``ImageFolder`` pipeline sees the right training set; ``False`` writes the stored mosaics
+        and keeps the decoder in ``export.json`` (re-imported, they decode again)."""
         from PIL import Image
 
+        if decoded and self.meta.get("decoder"):
+            return self.decoded().to_imagefolder(directory, decoded=False)
         directory = Path(directory)
         tmp = temp_dir_beside(directory)
         pixels = (self.to_pixels().clamp(0, 1) * 255).round().to(torch.uint8)

@@ -239,3 +239,19 @@ def test_resume_gives_the_same_set(tmp_path, tiny_train, monkeypatch):
     resumed = IDCDistiller(cfg).distill(tiny_train, 1, seed=2, progress=False,
                                         run=RunDir(tmp_path / "b", resume=True, checkpoint_every=1))
     assert torch.equal(full.images, resumed.images)
+
+
+def test_imagefolder_export_writes_the_decoded_training_images(tmp_path):
+    """Downstream ImageFolder pipelines get what a network trains on; --raw keeps the mosaics and their decoder."""
+    pixels = torch.rand(4, 1, 16, 16)
+    syn = SyntheticSet(PRE.apply(pixels), torch.tensor([0, 0, 1, 1]), ["a", "b"], PRE,
+                       meta={"decoder": {"name": "multiformation", "factor": 2}})
+    decoded = SyntheticSet.from_imagefolder(syn.to_imagefolder(tmp_path / "d"))
+    x, y = syn.materialize()
+    order = torch.argsort(y, stable=True)  # the folder holds the images class by class
+    x, y = x[order], y[order]
+    assert len(decoded) == 16 and "decoder" not in decoded.meta and decoded.meta["decoded_from"]["stored_images"] == 4
+    assert torch.equal(decoded.labels, y) and torch.allclose(decoded.to_pixels(), PRE.invert(x).clamp(0, 1),
+                                                             atol=0.5 / 255 + 1e-6)
+    raw = SyntheticSet.from_imagefolder(syn.to_imagefolder(tmp_path / "r", decoded=False))
+    assert len(raw) == 4 and raw.meta["decoder"] == syn.meta["decoder"] and raw.materialize()[0].shape[0] == 16
