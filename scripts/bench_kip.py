@@ -93,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"KIP kernels on {args.dataset} ({args.device}, {record['threads']} threads, float64; peak memory "
              f"{peak_mb:.0f} MB)", "", "| kernel | S | targets | K_ss (s) | K_ts (s) | ms/pair | KIP step (s) |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['kernel']} | {r['support']} | {r['targets']} | {r['k_ss_s']:.2f} | {r['k_ts_s']:.2f} | "
-              f"{r['ms_per_pair']:.3f} | {r.get('step_s', float('nan')):.2f} |" for r in rows]
+    lines += [f"| {r['kernel']} | {r['support']} | {r['targets']} | {r['k_ss_s']:.3g} | {r['k_ts_s']:.3g} | "
+              f"{r['ms_per_pair']:.3g} | {r['step_s']:.3g} |" if "step_s" in r else
+              f"| {r['kernel']} | {r['support']} | {r['targets']} | {r['k_ss_s']:.3g} | {r['k_ts_s']:.3g} | "
+              f"{r['ms_per_pair']:.3g} | not timed |" for r in rows]
     table = "\n".join(lines) + "\n"
     name = args.device.split(":")[0]
     (out / f"kip_{name}.json").write_text(json.dumps(record, indent=2))
