@@ -21,11 +21,12 @@ import sys
 import time
 
 import torch
-from bench_common import count_flops, matmul_peak_gflops, peak_memory_mb, sync
+from bench_common import count_flops, matmul_peak_gflops, sync
 
 from gendistill.data import load_dataset
 from gendistill.methods import get_method
 from gendistill.pipeline import resolve_config
+from gendistill.resources import peak_memory_mb
 from gendistill.seeding import derive_seed, make_generator
 
 

@@ -8,8 +8,6 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from gendistill.resources import peak_memory_mb  # noqa: F401  (re-exported for the scripts)
-
 
 def matmul_peak_gflops(device: str = "cpu", n: int = 2048, repeats: int = 10,
                        dtype: torch.dtype = torch.float32) -> float:

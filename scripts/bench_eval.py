@@ -17,12 +17,13 @@ import time
 
 import torch
 import torch.nn.functional as F
-from bench_common import count_flops, matmul_peak_gflops, peak_memory_mb, time_calls
+from bench_common import count_flops, matmul_peak_gflops, time_calls
 
 from gendistill.data import load_dataset
 from gendistill.evaluation import evaluate, get_protocol
 from gendistill.methods import get_method
 from gendistill.nets import create_network
+from gendistill.resources import peak_memory_mb
 
 
 def main(argv: list[str] | None = None) -> int:
