@@ -96,7 +96,8 @@ def test_siamese_augmentation_inside_the_loop(name, tiny_train, monkeypatch):
 
     def spy(self, x, draw, groups=None):
         if isinstance(draw, GroupDraw):  # top-level siamese calls (a GroupDraw applies its families inside)
-            calls.append((id(draw), None if groups is None else groups.clone(), x.shape[0]))
+            # keep the draw itself: holding it stops CPython reusing its id for a later draw
+            calls.append((draw, None if groups is None else groups.clone(), x.shape[0]))
         return original(self, x, draw, groups)
 
     monkeypatch.setattr(DSA, "apply", spy)
@@ -104,8 +105,8 @@ def test_siamese_augmentation_inside_the_loop(name, tiny_train, monkeypatch):
     siamese = [c for c in calls if c[1] is not None]
     assert siamese, "no siamese augmentation happened"
     by_draw: dict = {}
-    for draw_id, groups, n in siamese:
-        by_draw.setdefault(draw_id, []).append((groups, n))
+    for draw, groups, n in siamese:
+        by_draw.setdefault(id(draw), []).append((groups, n))
     for pairs in by_draw.values():
         assert len(pairs) == 2  # the real batch and the synthetic batch
         (g_real, _), (g_syn, _) = pairs

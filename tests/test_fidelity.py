@@ -111,7 +111,7 @@ def test_cafe_updates_images_against_a_network_in_training(tiny_train, monkeypat
         return orig_update(self, state, loss)
 
     def spy_epoch(self, net, *a, **k):
-        events.append(("epoch", id(net)))
+        events.append(("epoch", net))  # the object, not its id: ids of freed objects get reused
         return orig_epoch(self, net, *a, **k)
 
     monkeypatch.setattr(CAFE, "update_images", spy_update)
@@ -124,7 +124,7 @@ def test_cafe_updates_images_against_a_network_in_training(tiny_train, monkeypat
     # [0.5, 0.5] stable -> iteration ends
     kinds = [e if e == "update" else "epoch" for e in events]
     assert kinds == ["update", "epoch", "epoch", "update", "epoch", "epoch", "update"]
-    nets = {e[1] for e in events if e != "update"}
+    nets = {id(e[1]) for e in events if e != "update"}
     assert len(nets) == 1  # one network per outer iteration, trained across inner phases
 
 
