@@ -10,6 +10,10 @@ seeds make that identical to generating the smaller IPC):
     minimax_g4      minimax as the reference (lambda 0.002 / 0.008), guidance 4.0
     minimax_g1      the same fine-tuned model sampled at guidance 1.0
     minimax_x10_g4  minimax with lambda x10, guidance 4.0
+    minimax_centered_g4     extension: mean-centred cosine in both Minimax terms
+    minimax_os4_kcenter_g4  extension: minimax_g4's model, 4x oversampled, k-center selection
+    minimax_os4_conf_g4     extension: the same, keeping the images the feature network is surest of
+                            (that network is also the report's: agreement and precision of this arm are biased)
     random, dm      random real and DM (cpu preset), per IPC
 
 Every set is evaluated under the same ``dsa`` protocol (``--epochs`` per IPC, reduced and labelled, ``--runs``
@@ -46,10 +50,17 @@ ARMS: dict[str, tuple[str, str | None, list[str], str]] = {
     "minimax_g1": ("@minimax_g4", "cpu", ["cfg_scale=1.0"], "the same fine-tuned model, guidance 1.0"),
     "minimax_x10_g4": ("minimax", "cpu", ["lambda_pos=0.02", "lambda_neg=0.08", "cfg_scale=4.0"],
                        "Minimax with lambda x10, guidance 4.0"),
+    "minimax_centered_g4": ("minimax", "cpu", ["minimax_centered=true", "cfg_scale=4.0"],
+                            "extension: mean-centred cosine in the Minimax losses, guidance 4.0"),
+    "minimax_os4_kcenter_g4": ("@minimax_g4", "cpu", ["cfg_scale=4.0", "oversample=4", "select=kcenter"],
+                               "extension: minimax_g4's model, 4x oversampled, k-center selection in features"),
+    "minimax_os4_conf_g4": ("@minimax_g4", "cpu", ["cfg_scale=4.0", "oversample=4", "select=confidence"],
+                            "extension: minimax_g4's model, 4x oversampled, most confident per class kept"),
     "random": ("random", None, [], "random real images"),
     "dm": ("dm", "cpu", [], "DM, cpu preset (300 iterations, 64 real per class)"),
 }
-PER_IPC = {"dm"}  # generated separately for every IPC (not a prefix of the largest)
+# generated separately for every IPC (a selected set is not a prefix of the larger one)
+PER_IPC = {"dm", "minimax_os4_kcenter_g4", "minimax_os4_conf_g4"}
 
 
 def _pretrained(args: argparse.Namespace, splits: Any, out: Path) -> Path:
@@ -145,14 +156,17 @@ def main(argv: list[str] | None = None) -> int:
             report = set_quality(syn, splits.train, seed=args.seed, progress=not args.quiet)
             atomic_json(folder / f"eval_ipc{ipc}.json", result.to_dict())
             atomic_json(folder / f"metrics_ipc{ipc}.json", report)
-            summary[key] = {"arm": arm, "ipc": ipc, "note": ARMS[arm][3], "mean": result.mean, "std": result.std,
+            entry = {"arm": arm, "ipc": ipc, "note": ARMS[arm][3], "mean": result.mean, "std": result.std,
                             "accs": result.accs, "protocol": f"dsa {epochs[ipc]} epochs x {args.runs} runs",
                             "eval_s": result.wall_time_s, "distill_time_s": syn.meta.get("distill_time_s"),
                             "metrics": report["summary"], "grad": _grad_ratio(folder),
                             "peak_rss_mb": peak_memory_mb()}
+            # re-read before writing: another process may be running other arms into the same folder
+            summary = {**(json.loads(summary_path.read_text()) if summary_path.is_file() else {}), key: entry}
             atomic_json(summary_path, summary)
             print(f"{key}: {result.mean:.2f} ± {result.std:.2f}  coverage {report['summary']['coverage']:.3f}  "
                   f"recall {report['summary']['recall']:.3f}  agreement {report['summary']['agreement']:.3f}")
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else summary
     atomic_text(out / "table.md", table(summary, splits.name))
     grids = out / "grids"
     grids.mkdir(exist_ok=True)

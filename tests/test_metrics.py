@@ -162,3 +162,29 @@ def test_minimax_experiment_script_runs_an_arm_and_writes_its_table(data_env, tm
     assert minimax_experiment.main([*args, "--table-only"]) == 0  # rewrites the table from the summary
     with pytest.raises(SystemExit):
         minimax_experiment.main([*args[:4], "--arms", "nonsense"])
+
+
+def test_minimax_experiment_keeps_results_another_process_wrote(data_env, tmp_path, monkeypatch):
+    """Two processes may run different arms into one folder: each write merges with what is on disk."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    import minimax_experiment
+
+    out = tmp_path / "exp"
+    original = minimax_experiment.set_quality
+
+    def meanwhile(*a, **k):  # the other process finishes an arm after this one read summary.json
+        path = out / "summary.json"
+        on_disk = json.loads(path.read_text()) if path.is_file() else {}
+        other = {"arm": "dm", "ipc": 1, "note": "", "mean": 1.0, "std": 0.0, "accs": [1.0], "protocol": "p",
+                 "metrics": original(*a, **k)["summary"]}
+        path.write_text(json.dumps({**on_disk, "dm@1": other}))
+        return original(*a, **k)
+
+    monkeypatch.setattr(minimax_experiment, "set_quality", meanwhile)
+    args = ["--dataset", "mnist", "--out", str(out), "--arms", "random", "--ipcs", "1", "--epochs", "1:1",
+            "--runs", "1", "--quiet"]
+    assert minimax_experiment.main(args) == 0
+    assert set(json.loads((out / "summary.json").read_text())) == {"random@1", "dm@1"}
+    assert "| dm | 1 |" in (out / "table.md").read_text()
