@@ -18,7 +18,7 @@ seeds make that identical to generating the smaller IPC):
 
 Every set is evaluated under the same ``dsa`` protocol (``--epochs`` per IPC, reduced and labelled, ``--runs``
 networks) and measured by the set-quality report (:mod:`gendistill.metrics`). Writes ``<out>/table.md``,
-``<out>/summary.json`` and a grid per set; rerunning skips what is done.
+``<out>/summary.json``, ``<out>/accuracy.png`` and a grid per set; rerunning skips what is done.
 
     python scripts/minimax_experiment.py --dataset fashion_mnist --out results/minimax_experiment/fashion_mnist
 """
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             v["grad"] = _grad_ratio(folder)
         atomic_json(out / "summary.json", summary)
         atomic_text(out / "table.md", table(summary, args.dataset))
+        plot(summary, args.dataset, out / "accuracy.png")
         print((out / "table.md").read_text())
         return 0
     splits = load_dataset(args.dataset, args.data_root)
@@ -168,12 +169,38 @@ def main(argv: list[str] | None = None) -> int:
                   f"recall {report['summary']['recall']:.3f}  agreement {report['summary']['agreement']:.3f}")
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else summary
     atomic_text(out / "table.md", table(summary, splits.name))
+    plot(summary, splits.name, out / "accuracy.png")
     grids = out / "grids"
     grids.mkdir(exist_ok=True)
     for png in out.glob("*/synset/grid.png"):
         shutil.copyfile(png, grids / f"{png.parent.parent.name}.png")
     print((out / "table.md").read_text())
     return 0
+
+
+def plot(summary: dict[str, Any], dataset: str, path: Path) -> None:
+    """One panel per IPC: accuracy (mean ± std) per arm, with recall and coverage of the set beside it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ipcs = sorted({v["ipc"] for v in summary.values()})
+    fig = Figure(figsize=(5.5 * len(ipcs), 0.45 * len(ARMS) + 1.5))
+    FigureCanvasAgg(fig)
+    for i, ipc in enumerate(ipcs):
+        rows = sorted((v for v in summary.values() if v["ipc"] == ipc), key=lambda r: list(ARMS).index(r["arm"]))
+        ax = fig.add_subplot(1, len(ipcs), i + 1)
+        y = range(len(rows))
+        colours = ["tab:grey" if r["arm"] in ("random", "dm") else "tab:blue" for r in rows]
+        ax.barh(y, [r["mean"] for r in rows], xerr=[r["std"] for r in rows], color=colours, capsize=3)
+        ax.set_yticks(y, [f"{r['arm']}  (rec {r['metrics']['recall']:.2f}, cov {r['metrics']['coverage']:.3f})"
+                          for r in rows], fontsize=7)
+        low = min(r["mean"] for r in rows)
+        ax.set_xlim(max(0.0, low - 5), 100)
+        ax.invert_yaxis()
+        ax.set_xlabel("final-epoch accuracy (%)")
+        ax.set_title(f"{dataset} IPC {ipc} ({rows[0]['protocol']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
 
 
 def table(summary: dict[str, Any], dataset: str) -> str:

@@ -158,7 +158,7 @@ def test_minimax_experiment_script_runs_an_arm_and_writes_its_table(data_env, tm
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"random@1", "random@2"} and summary["random@2"]["protocol"] == "dsa 1 epochs x 1 runs"
     table = (out / "table.md").read_text()
-    assert "| random | 1 |" in table and "coverage" in table
+    assert "| random | 1 |" in table and "coverage" in table and (out / "accuracy.png").stat().st_size > 0
     assert minimax_experiment.main([*args, "--table-only"]) == 0  # rewrites the table from the summary
     with pytest.raises(SystemExit):
         minimax_experiment.main([*args[:4], "--arms", "nonsense"])
