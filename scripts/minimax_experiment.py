@@ -63,6 +63,16 @@ ARMS: dict[str, tuple[str, str | None, list[str], str]] = {
 PER_IPC = {"dm", "minimax_os4_kcenter_g4", "minimax_os4_conf_g4"}
 
 
+def _folder(out: Path, arm: str, ipc: int) -> Path:
+    """Run folder of an arm: one per arm, or one per arm and IPC for the arms generated per IPC."""
+    return out / arm if arm not in PER_IPC else out / f"{arm}_ipc{ipc}"
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    """summary.json as it is on disk now (another process may be adding arms to it)."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def _pretrained(args: argparse.Namespace, splits: Any, out: Path) -> Path:
     if args.pretrained:
         return Path(args.pretrained)
@@ -80,7 +90,7 @@ def _pretrained(args: argparse.Namespace, splits: Any, out: Path) -> Path:
 
 def _make_set(arm: str, ipc: int, args: argparse.Namespace, splits: Any, out: Path, model: Path) -> SyntheticSet:
     method, preset, overrides, _ = ARMS[arm]
-    folder = out / arm if arm not in PER_IPC else out / f"{arm}_ipc{ipc}"
+    folder = _folder(out, arm, ipc)
     extra = []
     if method.startswith("@"):  # sample another arm's fine-tuned model
         source = out / method[1:] / "finetune" / "model"
@@ -131,10 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown arms {unknown}; choose from {list(ARMS)}")
     if args.table_only:
-        summary = json.loads((out / "summary.json").read_text())
+        summary = _read_summary(out / "summary.json")
         for v in summary.values():  # runs before the fix stored zero ratios for arms without Minimax terms
-            folder = out / v["arm"] if v["arm"] not in PER_IPC else out / f"{v['arm']}_ipc{v['ipc']}"
-            v["grad"] = _grad_ratio(folder)
+            v["grad"] = _grad_ratio(_folder(out, v["arm"], v["ipc"]))
         atomic_json(out / "summary.json", summary)
         atomic_text(out / "table.md", table(summary, args.dataset))
         plot(summary, args.dataset, out / "accuracy.png")
@@ -143,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = load_dataset(args.dataset, args.data_root)
     model = _pretrained(args, splits, out) if any(ARMS[a][0] in ("dit", "minimax") for a in arms) else None
     summary_path = out / "summary.json"
-    summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = _read_summary(summary_path)
     for arm in arms:
         full = None if arm in PER_IPC else _make_set(arm, ipcs[-1], args, splits, out, model)
         for ipc in ipcs:
@@ -151,23 +160,21 @@ def main(argv: list[str] | None = None) -> int:
             if key in summary:
                 continue
             syn = _make_set(arm, ipc, args, splits, out, model) if full is None else full.subset(ipc)
-            folder = out / arm if arm not in PER_IPC else out / f"{arm}_ipc{ipc}"
+            folder = _folder(out, arm, ipc)
             result = evaluate(syn, splits.test, "dsa", epochs=epochs[ipc], runs=args.runs, seed=args.seed,
                               progress=not args.quiet)
             report = set_quality(syn, splits.train, seed=args.seed, progress=not args.quiet)
             atomic_json(folder / f"eval_ipc{ipc}.json", result.to_dict())
             atomic_json(folder / f"metrics_ipc{ipc}.json", report)
             entry = {"arm": arm, "ipc": ipc, "note": ARMS[arm][3], "mean": result.mean, "std": result.std,
-                            "accs": result.accs, "protocol": f"dsa {epochs[ipc]} epochs x {args.runs} runs",
-                            "eval_s": result.wall_time_s, "distill_time_s": syn.meta.get("distill_time_s"),
-                            "metrics": report["summary"], "grad": _grad_ratio(folder),
-                            "peak_rss_mb": peak_memory_mb()}
-            # re-read before writing: another process may be running other arms into the same folder
-            summary = {**(json.loads(summary_path.read_text()) if summary_path.is_file() else {}), key: entry}
+                     "accs": result.accs, "protocol": f"dsa {epochs[ipc]} epochs x {args.runs} runs",
+                     "eval_s": result.wall_time_s, "distill_time_s": syn.meta.get("distill_time_s"),
+                     "metrics": report["summary"], "grad": _grad_ratio(folder), "peak_rss_mb": peak_memory_mb()}
+            summary = {**_read_summary(summary_path), key: entry}  # merge with other processes' arms
             atomic_json(summary_path, summary)
             print(f"{key}: {result.mean:.2f} ± {result.std:.2f}  coverage {report['summary']['coverage']:.3f}  "
                   f"recall {report['summary']['recall']:.3f}  agreement {report['summary']['agreement']:.3f}")
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else summary
+    summary = _read_summary(summary_path)
     atomic_text(out / "table.md", table(summary, splits.name))
     plot(summary, splits.name, out / "accuracy.png")
     grids = out / "grids"
