@@ -48,19 +48,22 @@ ARMS: dict[str, tuple[str, str | None, list[str], str]] = {
                       "fine-tuning alone (lambda = 0), guidance 4.0"),
     "minimax_g4": ("minimax", "cpu", ["cfg_scale=4.0"], "Minimax as the reference (0.002 / 0.008), guidance 4.0"),
     "minimax_g1": ("@minimax_g4", "cpu", ["cfg_scale=1.0"], "the same fine-tuned model, guidance 1.0"),
+    "minimax_l0_g1": ("@minimax_l0_g4", "cpu", ["cfg_scale=1.0"], "fine-tuning alone (lambda = 0), guidance 1.0"),
     "minimax_x10_g4": ("minimax", "cpu", ["lambda_pos=0.02", "lambda_neg=0.08", "cfg_scale=4.0"],
                        "Minimax with lambda x10, guidance 4.0"),
     "minimax_centered_g4": ("minimax", "cpu", ["minimax_centered=true", "cfg_scale=4.0"],
                             "extension: mean-centred cosine in the Minimax losses, guidance 4.0"),
     "minimax_os4_kcenter_g4": ("@minimax_g4", "cpu", ["cfg_scale=4.0", "oversample=4", "select=kcenter"],
                                "extension: minimax_g4's model, 4x oversampled, k-center selection in features"),
+    "minimax_os4_kcenter_g1": ("@minimax_g4", "cpu", ["cfg_scale=1.0", "oversample=4", "select=kcenter"],
+                               "extension: minimax_g4's model at guidance 1.0, 4x oversampled, k-center selection"),
     "minimax_os4_conf_g4": ("@minimax_g4", "cpu", ["cfg_scale=4.0", "oversample=4", "select=confidence"],
                             "extension: minimax_g4's model, 4x oversampled, most confident per class kept"),
     "random": ("random", None, [], "random real images"),
     "dm": ("dm", "cpu", [], "DM, cpu preset (300 iterations, 64 real per class)"),
 }
 # generated separately for every IPC (a selected set is not a prefix of the larger one)
-PER_IPC = {"dm", "minimax_os4_kcenter_g4", "minimax_os4_conf_g4"}
+PER_IPC = {"dm", "minimax_os4_kcenter_g4", "minimax_os4_kcenter_g1", "minimax_os4_conf_g4"}
 
 
 def _folder(out: Path, arm: str, ipc: int) -> Path:
