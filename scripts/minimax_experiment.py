@@ -63,7 +63,7 @@ ARMS: dict[str, tuple[str, str | None, list[str], str]] = {
     "dm": ("dm", "cpu", [], "DM, cpu preset (300 iterations, 64 real per class)"),
 }
 # generated separately for every IPC (a selected set is not a prefix of the larger one)
-PER_IPC = {"dm", "minimax_os4_kcenter_g4", "minimax_os4_kcenter_g1", "minimax_os4_conf_g4"}
+PER_IPC = {"dm"} | {arm for arm, (_, _, sets, _) in ARMS.items() if any(s.startswith("oversample=") for s in sets)}
 
 
 def _folder(out: Path, arm: str, ipc: int) -> Path:
