@@ -25,7 +25,8 @@ from .evaluation import EvalProtocol, train_network
 from .nets import create_network
 from .seeding import derive_seed, make_generator
 
-__all__ = ["REFERENCE_RECIPE", "FeatureSpec", "dataset_features", "embed", "feature_network", "reference_network"]
+__all__ = ["REFERENCE_RECIPE", "FeatureSpec", "cached_feature_network", "dataset_features", "embed", "feature_network",
+           "reference_network"]
 
 
 @dataclasses.dataclass
@@ -112,11 +113,12 @@ def dataset_features(train: RealDataset, spec: FeatureSpec, seed: int, progress:
     return embed(net, train.images(), device=spec.device, progress=progress)
 
 
-def _cache_file(train: RealDataset, spec: FeatureSpec, cache_dir: Path) -> Path:
+def _cache_file(train: RealDataset, spec: FeatureSpec, seed: int, cache_dir: Path) -> Path:
     key = json.dumps({"dataset": train.name, "shape": list(train.image_shape), "classes": train.num_classes,
                       "n": len(train), "space": train.preprocessing.describe(), "recipe": spec.recipe(),
-                      "seed": REFERENCE_SEED}, sort_keys=True, default=str)
-    return cache_dir / f"reference-{train.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+                      "seed": seed}, sort_keys=True, default=str)
+    prefix = "reference" if seed == REFERENCE_SEED else f"seed{seed}"
+    return cache_dir / f"{prefix}-{train.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
 
 
 def default_cache_dir(train: RealDataset) -> Path | None:
@@ -147,24 +149,31 @@ def reference_network(train: RealDataset, *, spec: FeatureSpec = REFERENCE_RECIP
     Trained once per dataset (and preprocessing) with :data:`REFERENCE_SEED`; cached on disk in ``cache_dir``
     (default :func:`default_cache_dir`) and in memory for the process.
     """
+    return cached_feature_network(train, spec, REFERENCE_SEED, cache_dir=cache_dir, progress=progress)
+
+
+def cached_feature_network(train: RealDataset, spec: FeatureSpec, seed: int, *, cache_dir: Path | None = None,
+                           progress: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """:func:`feature_network` of a ``trained`` spec, trained once per (dataset, recipe, seed) and cached on disk in
+    ``cache_dir`` (default :func:`default_cache_dir`) and in memory for the process; returns it and its record."""
     from safetensors.torch import load_file, save_file
 
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(train)
     c, h, _ = train.image_shape
-    record: dict[str, Any] = {"recipe": spec.recipe(), "seed": REFERENCE_SEED, "dataset": train.name,
+    record: dict[str, Any] = {"recipe": spec.recipe(), "seed": seed, "dataset": train.name,
                               "train_images": len(train)}
-    key = (train.name, len(train), tuple(train.image_shape), json.dumps(spec.recipe(), sort_keys=True),
+    key = (train.name, len(train), tuple(train.image_shape), json.dumps(spec.recipe(), sort_keys=True), seed,
            str(cache_dir), id(train) if cache_dir is None else 0)
     if key in _MEMORY:
         return _MEMORY[key], {**record, "cache": "memory"}
-    path = _cache_file(train, spec, cache_dir) if cache_dir is not None else None
+    path = _cache_file(train, spec, seed, cache_dir) if cache_dir is not None else None
     if path is not None and path.is_file():
         net = create_network(spec.model, c, train.num_classes, h, seed=0)
         net.load_state_dict(load_file(str(path)))
         net = net.to(spec.device).eval()
         record["cache"] = str(path)
     else:
-        net = feature_network(train, spec, REFERENCE_SEED, progress)
+        net = feature_network(train, spec, seed, progress)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}

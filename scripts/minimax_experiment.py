@@ -11,6 +11,10 @@ seeds make that identical to generating the smaller IPC):
     minimax_g1      the same fine-tuned model sampled at guidance 1.0
     minimax_x10_g4  minimax with lambda x10, guidance 4.0
     minimax_centered_g4     extension: mean-centred cosine in both Minimax terms
+    minimax_centered_g1     the mean-centred model sampled at guidance 1.0
+    minimax_feature_g4      extension: cosines in a real-data ConvNet's feature space (its own seed, not the
+                            report's network)
+    minimax_feature_centered_g4   extension: the same, mean-centred
     minimax_os4_kcenter_g4  extension: minimax_g4's model, 4x oversampled, k-center selection
     minimax_os4_conf_g4     extension: the same, keeping the images the feature network is surest of
                             (that network is also the report's: agreement and precision of this arm are biased)
@@ -53,6 +57,14 @@ ARMS: dict[str, tuple[str, str | None, list[str], str]] = {
                        "Minimax with lambda x10, guidance 4.0"),
     "minimax_centered_g4": ("minimax", "cpu", ["minimax_centered=true", "cfg_scale=4.0"],
                             "extension: mean-centred cosine in the Minimax losses, guidance 4.0"),
+    "minimax_centered_g1": ("@minimax_centered_g4", "cpu", ["cfg_scale=1.0"],
+                            "extension: minimax_centered_g4's model, guidance 1.0"),
+    "minimax_feature_g4": ("minimax", "cpu", ["minimax_space=feature", "cfg_scale=4.0"],
+                           "extension: cosine in a real-data ConvNet's feature space, guidance 4.0"),
+    "minimax_feature_centered_g4": ("minimax", "cpu", ["minimax_space=feature", "minimax_centered=true",
+                                                       "cfg_scale=4.0"],
+                                    "extension: mean-centred cosine in a real-data ConvNet's feature space, "
+                                    "guidance 4.0"),
     "minimax_os4_kcenter_g4": ("@minimax_g4", "cpu", ["cfg_scale=4.0", "oversample=4", "select=kcenter"],
                                "extension: minimax_g4's model, 4x oversampled, k-center selection in features"),
     "minimax_os4_kcenter_g1": ("@minimax_g4", "cpu", ["cfg_scale=1.0", "oversample=4", "select=kcenter"],

@@ -534,3 +534,25 @@ def test_imagenet_subset_presets_ask_for_256_px_and_explicit_resolution_wins():
     assert preferred_resolution("minimax", "mnist", 10, preset="cpu") is None
     assert preferred_resolution("dm", "mnist", 10) is None
     assert preferred_resolution("minimax", "imagenette", 10, overrides=["resolution=128"]) == 128
+
+
+def test_feature_space_minimax_embeds_decoded_predictions_with_gradient(tiny_train, tmp_path):
+    from gendistill.errors import ConfigError
+    from gendistill.generative.train import _minimax_space
+
+    backbone = tiny_backbone()
+    spec = MinimaxConfig(**{**TINY, "minimax_space": "feature"}).train_spec("finetune")
+    space = _minimax_space(backbone, tiny_train, spec, 0, torch.device("cpu"))
+    x0 = (torch.rand(3, 1, 16, 16) * 2.4 - 1.2).requires_grad_(True)  # some values outside [-1, 1]
+    feats = space(x0)
+    expected = space.net.embed(tiny_train.preprocessing.apply((x0 + 1.0) / 2.0))
+    assert feats.shape == (3, space.dim) and torch.allclose(feats, expected)
+    (grad,) = torch.autograd.grad(feats.square().sum(), x0)
+    assert float(grad[x0.detach().abs() > 1].abs().sum()) > 0  # no clamp: every pixel passes a gradient back
+    assert not any(p.requires_grad for p in space.net.parameters())  # the feature network is frozen
+    sample = _minimax_space(backbone, tiny_train, MinimaxConfig(**TINY).train_spec("finetune"), 0, torch.device("cpu"))
+    assert sample.dim == 16 * 16 and torch.equal(sample(x0), x0.flatten(1))
+    with pytest.raises(ConfigError, match="minimax_space"):
+        MinimaxConfig(**{**TINY, "minimax_space": "pixels"})
+    logs = _finetune_logs(tiny_train, tmp_path, batch_size=20, minimax_space="feature")
+    assert logs[-1]["grad_norm_repr"] > 0 and logs[-1]["grad_norm_div"] > 0 and logs[-1]["active_classes"] > 0

@@ -95,6 +95,9 @@ def test_reference_network_is_cached_on_disk(tiny_train, tmp_path):
     assert rec2["cache"].endswith(".safetensors")
     x = tiny_train.images()[:4]
     assert torch.allclose(net(x), net2(x))
+    other, rec3 = features.cached_feature_network(tiny_train, TINY_SPEC, 7, cache_dir=tmp_path / "c")
+    assert rec3["seed"] == 7 and "saved" in rec3["cache"] and not torch.allclose(other(x), net(x))
+    assert len(list((tmp_path / "c").glob("*.safetensors"))) == 2  # one file per seed
 
 
 def test_metrics_cli_end_to_end(data_env, tmp_path, capsys):

@@ -267,14 +267,20 @@ class Backbone:
             z = dist.mean if noise is None else dist.mean + dist.std * noise.to(dist.mean.dtype)
         return z.float() * self.latent_scale
 
-    def decode(self, x0: torch.Tensor) -> torch.Tensor:
-        """Clean diffusion samples -> pixels in [0, 1]."""
+    def decode(self, x0: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
+        """Clean diffusion samples -> pixels in [0, 1].
+
+        ``differentiable``: keep the gradient to ``x0`` (through the frozen VAE decoder) and skip the clamp, so
+        values outside [0, 1] still pass a gradient back.
+        """
         if self.space == "pixel":
-            return ((x0 + 1.0) / 2.0).clamp(0, 1)
-        with torch.no_grad():
+            x = (x0 + 1.0) / 2.0
+            return x if differentiable else x.clamp(0, 1)
+        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
             vae = self.vae_decoder
             x = vae.decode((x0 / self.latent_scale).to(next(vae.parameters()).dtype)).sample
-        return ((x.float() + 1.0) / 2.0).clamp(0, 1)
+        x = (x.float() + 1.0) / 2.0
+        return x if differentiable else x.clamp(0, 1)
 
 
 def _scheduler_config(schedule: tuple[str, int, float, float], prediction: str) -> dict[str, Any]:
@@ -348,13 +354,14 @@ def load_vaes(decoder: str, decoder_subfolder: str = "", encoder: str | None = N
     return enc, dec, factor, float(getattr(dec.config, "scaling_factor", LATENT_SCALE))
 
 
-def resize_pixels(pixels: torch.Tensor, size: int) -> torch.Tensor:
-    """Square bilinear (antialiased) resize of [0, 1] pixels; a no-op at the same size."""
+def resize_pixels(pixels: torch.Tensor, size: int, clamp: bool = True) -> torch.Tensor:
+    """Square bilinear (antialiased) resize of [0, 1] pixels (clamped to [0, 1] unless ``clamp`` is False); a
+    no-op at the same size."""
     if pixels.shape[-1] == size and pixels.shape[-2] == size:
         return pixels
     out = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True,
                                           align_corners=False)
-    return out.clamp(0, 1)
+    return out.clamp(0, 1) if clamp else out
 
 
 def _has(source: str, sub: str) -> bool:

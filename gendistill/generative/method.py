@@ -69,6 +69,9 @@ class MinimaxConfig(BaseConfig):
             parameterisation) or ``epsilon`` (extension for v-prediction models: the terms' gradient path is
             rescaled to the epsilon-parameterisation's Jacobian, 1/sqrt(abar) stronger; no effect on epsilon models).
         minimax_centered: extension: cosines of samples minus the mean real memory entry (mean-centred cosine).
+        minimax_space: ``sample`` (the reference: cosines of the diffusion samples, pixels or latents) or
+            ``feature`` (extension: cosines in the embedding of a frozen ConvNet trained on the real training split,
+            with its own seed; the predictions are decoded to pixels with gradient first).
         label_dropout: probability of the null label in training (keeps guidance working).
         flip: random horizontal flips (skipped for digit datasets).
         max_grad_norm: fine-tuning gradient clipping (0 = off, as the reference).
@@ -114,6 +117,7 @@ class MinimaxConfig(BaseConfig):
     temperature: float = 0.0
     minimax_jacobian: str = "native"
     minimax_centered: bool = False
+    minimax_space: str = "sample"
     label_dropout: float = 0.1
     flip: bool = True
     max_grad_norm: float = 0.0
@@ -136,6 +140,7 @@ class MinimaxConfig(BaseConfig):
             (self.prediction in ("epsilon", "v_prediction"), "prediction must be epsilon or v_prediction"),
             (self.trainable in ("difffit", "full"), "trainable must be difffit or full"),
             (self.minimax_jacobian in ("native", "epsilon"), "minimax_jacobian must be native or epsilon"),
+            (self.minimax_space in ("sample", "feature"), "minimax_space must be sample or feature"),
             (self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision must be no, bf16 or fp16"),
             (self.select in ("first", "kcenter", "confidence"), "select must be first, kcenter or confidence"),
             (self.oversample >= 1.0, "oversample must be >= 1"),
@@ -161,7 +166,8 @@ class MinimaxConfig(BaseConfig):
         return TrainSpec("finetune", self.finetune_steps, self.batch_size, self.lr, self.weight_decay,
                          self.ema_decay, self.trainable, self.lambda_pos, self.lambda_neg, self.memory_size,
                          self.temperature, minimax_jacobian=self.minimax_jacobian,
-                         minimax_centered=self.minimax_centered, max_grad_norm=self.max_grad_norm, **common)
+                         minimax_centered=self.minimax_centered, minimax_space=self.minimax_space,
+                         max_grad_norm=self.max_grad_norm, **common)
 
 
 # -------------------------------------------------------------------------------------------- class ids

@@ -46,6 +46,7 @@ class TrainSpec:
     temperature: float = 0.0
     minimax_jacobian: str = "native"
     minimax_centered: bool = False
+    minimax_space: str = "sample"
     label_dropout: float = 0.1
     flip: bool = True
     max_grad_norm: float = 0.0
@@ -197,8 +198,9 @@ def train_backbone(backbone: Backbone, train: RealDataset, class_ids: torch.Tens
     trainable = {k: named[k] for k in named if k in names}
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=spec.lr, weight_decay=spec.weight_decay)
     ema = EMA(trainable, spec.ema_decay)
-    dim = int(torch.tensor(backbone.latent_shape).prod())
-    memories = (MinimaxMemories(train.num_classes, spec.memory_size, dim, device) if spec.minimax else None)
+    to_minimax_space = _minimax_space(backbone, train, spec, seed, device) if spec.minimax else None
+    memories = (MinimaxMemories(train.num_classes, spec.memory_size, to_minimax_space.dim, device)
+                if to_minimax_space is not None else None)
     state = _LoopState(ema, memories)
     model, optimizer = accelerator.prepare(net, optimizer)
     accelerator.register_for_checkpointing(state)
@@ -252,8 +254,9 @@ def train_backbone(backbone: Backbone, train: RealDataset, class_ids: torch.Tens
             x0_hat = out_terms["x0_hat"]
             if spec.minimax_jacobian == "epsilon":
                 x0_hat = diffusion.epsilon_jacobian_x0(x0_hat, t[mine].to(device))
-            pred = _gather_keep_grad(accelerator, x0_hat.flatten(1).float())
-            real = _gather_keep_grad(accelerator, x0.flatten(1).float())
+            pred = _gather_keep_grad(accelerator, to_minimax_space(x0_hat))
+            with torch.no_grad():
+                real = _gather_keep_grad(accelerator, to_minimax_space(x0))
             rep, div, active = memories.losses_then_update(pred, real, labels.to(device), spec.temperature,
                                                            spec.minimax_centered)
             terms.update(repr=world * spec.lambda_pos * rep, div=world * spec.lambda_neg * div)
@@ -298,6 +301,46 @@ def train_backbone(backbone: Backbone, train: RealDataset, class_ids: torch.Tens
     for p in net.parameters():
         p.requires_grad_(False)
     return target
+
+
+class _MinimaxSpace:
+    """Where the Minimax cosines are taken: the diffusion samples themselves (the reference: pixels or latents,
+    flattened) or, as an extension (``minimax_space=feature``), the embedding of a frozen ConvNet trained on the
+    real training split. That network has its own seed, so it is not the set-quality report's network; the
+    samples are decoded to pixels with gradient (no clamp), resized to the dataset's resolution and normalised as
+    the dataset before it.
+    """
+
+    def __init__(self, backbone: Backbone, train: RealDataset, net: torch.nn.Module | None) -> None:
+        self.backbone, self.train, self.net = backbone, train, net
+        self.dim = int(torch.tensor(backbone.latent_shape).prod())
+        if net is not None:
+            with torch.no_grad():
+                probe = torch.zeros((1, *train.image_shape), device=next(net.parameters()).device)
+                self.dim = int(net.embed(probe).shape[-1])
+
+    def __call__(self, x0: torch.Tensor) -> torch.Tensor:
+        if self.net is None:
+            return x0.flatten(1).float()
+        pixels = resize_pixels(self.backbone.decode(x0.float(), differentiable=True), self.train.image_shape[-1],
+                               clamp=False)
+        return self.net.embed(self.train.preprocessing.apply(pixels)).float()
+
+
+def _minimax_space(backbone: Backbone, train: RealDataset, spec: TrainSpec, seed: int,
+                   device: torch.device) -> _MinimaxSpace:
+    if spec.minimax_space == "sample":
+        return _MinimaxSpace(backbone, train, None)
+    if spec.minimax_space != "feature":
+        raise ConfigError(f"minimax_space must be sample or feature, not {spec.minimax_space!r}")
+    from ..features import FeatureSpec, cached_feature_network
+
+    net, record = cached_feature_network(train, FeatureSpec(device=str(device)),
+                                         derive_seed(seed, "minimax-feature-space"))
+    for p in net.parameters():
+        p.requires_grad_(False)
+    backbone.info["minimax_feature_network"] = record
+    return _MinimaxSpace(backbone, train, net)
 
 
 def _gradient_norms(terms: dict[str, torch.Tensor], params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
