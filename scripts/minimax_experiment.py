@@ -15,6 +15,7 @@ seeds make that identical to generating the smaller IPC):
     minimax_feature_g4      extension: cosines in a real-data ConvNet's feature space (its own seed, not the
                             report's network)
     minimax_feature_centered_g4   extension: the same, mean-centred
+    minimax_feature_x3_g4   extension: feature-space cosine with lambda x3 (about the pixel arm's grad ratio)
     minimax_os4_kcenter_g4  extension: minimax_g4's model, 4x oversampled, k-center selection
     minimax_os4_conf_g4     extension: the same, keeping the images the feature network is surest of
                             (that network is also the report's: agreement and precision of this arm are biased)
@@ -65,6 +66,10 @@ ARMS: dict[str, tuple[str, str | None, list[str], str]] = {
                                                        "cfg_scale=4.0"],
                                     "extension: mean-centred cosine in a real-data ConvNet's feature space, "
                                     "guidance 4.0"),
+    "minimax_feature_x3_g4": ("minimax", "cpu", ["minimax_space=feature", "lambda_pos=0.006", "lambda_neg=0.024",
+                                                 "cfg_scale=4.0"],
+                              "extension: feature-space cosine, lambda x3 (grad ratio near the pixel arm's), "
+                              "guidance 4.0"),
     "minimax_os4_kcenter_g4": ("@minimax_g4", "cpu", ["cfg_scale=4.0", "oversample=4", "select=kcenter"],
                                "extension: minimax_g4's model, 4x oversampled, k-center selection in features"),
     "minimax_os4_kcenter_g1": ("@minimax_g4", "cpu", ["cfg_scale=1.0", "oversample=4", "select=kcenter"],
