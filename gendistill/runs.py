@@ -113,10 +113,11 @@ class RunDir:
         text = yaml.safe_dump(config, sort_keys=False)
         if path.is_file() and (self.resume or self.checkpoint_path.is_file()):
             saved = yaml.safe_load(path.read_text()) or {}
+            now = yaml.safe_load(text)
             # provenance (where the data was read from) and keys older records lack do not decide a resume
-            keys = [k for k in set(saved) & set(config) if k not in self.PROVENANCE]
-            if any(saved.get(k) != yaml.safe_load(text).get(k) for k in keys):
-                diff = sorted(k for k in keys if saved.get(k) != yaml.safe_load(text).get(k))
+            keys = [k for k in set(saved) & set(now) if k not in self.PROVENANCE]
+            diff = sorted(k for k in keys if _differs(saved[k], now[k]))
+            if diff:
                 raise GendistillError(f"{self.path} holds a run with a different config ({', '.join(diff)}); "
                                       "use another --out or the same settings to resume")
         if not self.resume and self.checkpoint_path.is_file():
@@ -227,3 +228,11 @@ def run_iterative(distiller: Any, train: Any, ipc: int, *, seed: int, run: RunDi
     synset.meta["distill_time_s"] = elapsed + time.perf_counter() - t0
     synset.meta["iterations"] = n
     return synset
+
+
+def _differs(saved: Any, now: Any) -> bool:
+    """Whether a saved config value differs from the current one. Keys a mapping gained since the run was saved
+    (a newer version's options, at defaults that keep the old behaviour) do not count; changed values do."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return any(_differs(saved[k], now[k]) for k in set(saved) & set(now))
+    return saved != now

@@ -25,6 +25,11 @@ Every set is evaluated under the same ``dsa`` protocol (``--epochs`` per IPC, re
 networks) and measured by the set-quality report (:mod:`gendistill.metrics`). Writes ``<out>/table.md``,
 ``<out>/summary.json``, ``<out>/accuracy.png`` and a grid per set; rerunning skips what is done.
 
+``--resample N`` draws every arm's set again with N further sampling seeds (the arm's own model, no new
+fine-tuning; random real: a new subset) and reports the set-quality columns as mean ± std over the N + 1 sets
+(``<out>/resampled.json`` and a second table in ``table.md``), so a difference in coverage or recall between arms
+can be set against the spread from sampling alone; ``--resample-accuracy`` evaluates those sets too.
+
     python scripts/minimax_experiment.py --dataset fashion_mnist --out results/minimax_experiment/fashion_mnist
 """
 
@@ -125,6 +130,104 @@ def _make_set(arm: str, ipc: int, args: argparse.Namespace, splits: Any, out: Pa
     return syn
 
 
+# the report columns summarised over sampling seeds
+RESAMPLED_COLUMNS = ("precision", "recall", "density", "coverage", "diversity", "agreement", "fd")
+
+
+def _resampled_set(arm: str, ipc: int, offset: int, args: argparse.Namespace, splits: Any, out: Path,
+                   model: Path | None) -> SyntheticSet | None:
+    """``arm``'s set drawn again with sampling seed ``args.seed + offset``: the arm's own model sampled anew (no
+    new fine-tuning), or a new random real subset; None for the arms generated per IPC (selection, DM)."""
+    method, preset, overrides, _ = ARMS[arm]
+    if arm in PER_IPC:
+        return None
+    folder = out / arm / "resampled" / f"seed{args.seed + offset}"
+    if method == "random":
+        return distill("random", splits, ipc, folder, seed=args.seed + offset, resume=True, progress=False)
+    if method.startswith("@"):
+        source = out / method[1:] / "finetune" / "model"
+    elif method == "minimax":
+        source = out / arm / "finetune" / "model"
+    else:
+        source = model
+    if source is None or not Path(source).is_dir():
+        raise SystemExit(f"resampling {arm} needs its model {source}: run the arm first")
+    sampling = [o for o in overrides if o.startswith("cfg_scale=")]  # the fine-tuning keys do not apply here
+    return distill("dit", splits, ipc, folder, seed=args.seed + offset, preset=preset,
+                   overrides=[*sampling, f"pretrained={source}"], resume=True, progress=False)
+
+
+def _missing(entry: dict[str, Any] | None, accuracy: bool) -> bool:
+    """Whether a resampled set still needs its report (or, with ``accuracy``, its evaluation)."""
+    return entry is None or (accuracy and "mean" not in entry)
+
+
+def _resample(arms: list[str], ipcs: list[int], epochs: dict[int, int], args: argparse.Namespace, splits: Any,
+              out: Path, model: Path | None) -> None:
+    """Set-quality report (and, with ``--resample-accuracy``, accuracy) of every arm over further sampling seeds;
+    merged into ``<out>/resampled.json`` as ``{arm@ipc: {seed: {"metrics": ..., "mean": ...}}}``."""
+    path = out / "resampled.json"
+    for arm in arms:
+        for offset in range(1, args.resample + 1):
+            done, seed = _read_summary(path), str(args.seed + offset)
+            todo = [i for i in ipcs if _missing(done.get(f"{arm}@{i}", {}).get(seed), args.resample_accuracy)]
+            if not todo:
+                continue
+            full = _resampled_set(arm, ipcs[-1], offset, args, splits, out, model)
+            if full is None:
+                break
+            for ipc in todo:
+                syn = full.subset(ipc)
+                entry: dict[str, Any] = {"metrics": set_quality(syn, splits.train, seed=args.seed)["summary"]}
+                if args.resample_accuracy:
+                    result = evaluate(syn, splits.test, "dsa", epochs=epochs[ipc], runs=args.runs, seed=args.seed,
+                                      progress=not args.quiet)
+                    entry.update(mean=result.mean, std=result.std, accs=result.accs)
+                key = f"{arm}@{ipc}"
+                on_disk = _read_summary(path)  # merge with other processes' arms
+                atomic_json(path, {**on_disk, key: {**on_disk.get(key, {}), str(args.seed + offset): entry}})
+                print(f"{key} sampling seed {args.seed + offset}: coverage {entry['metrics']['coverage']:.3f}  "
+                      f"recall {entry['metrics']['recall']:.3f}" + (f"  accuracy {entry['mean']:.2f}"
+                                                                      if "mean" in entry else ""))
+
+
+def resampled_table(summary: dict[str, Any], resampled: dict[str, Any]) -> str:
+    """Markdown table of the report columns (and accuracy where measured) as mean ± std over sampling seeds,
+    the experiment's own set (seed 0 of the summary) included."""
+    import statistics
+
+    def spread(values: list[float], digits: int) -> str:
+        sd = statistics.pstdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f}"
+
+    head = ("| arm | IPC | sets | " + " | ".join(RESAMPLED_COLUMNS) + " | accuracy (mean of per-set means) |\n"
+            "|---|---|---|" + "---|" * len(RESAMPLED_COLUMNS) + "---|\n")
+    lines = []
+    order = list(ARMS)
+    for key in sorted(resampled, key=lambda k: (int(k.split("@")[1]), order.index(k.split("@")[0]))):
+        if key not in summary:
+            continue
+        sets = [summary[key], *resampled[key].values()]
+        cols = [spread([s["metrics"][c] for s in sets], 1 if c == "fd" else 3) for c in RESAMPLED_COLUMNS]
+        accs = [s["mean"] for s in sets if "mean" in s]
+        acc = spread(accs, 2) + f" ({len(accs)} sets)" if len(accs) > 1 else "–"
+        lines.append(f"| {summary[key]['arm']} | {summary[key]['ipc']} | {len(sets)} | " + " | ".join(cols)
+                     + f" | {acc} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def _write_tables(out: Path, dataset: str) -> None:
+    summary = _read_summary(out / "summary.json")
+    text = table(summary, dataset)
+    resampled = _read_summary(out / "resampled.json")
+    if resampled:
+        text += ("\nSet-quality report over sampling seeds: mean ± population std over the experiment's set and its "
+                 "resampled sets (same model, new sampling seeds; random real: new subsets)\n\n"
+                 + resampled_table(summary, resampled))
+    atomic_text(out / "table.md", text)
+    plot(summary, dataset, out / "accuracy.png")
+
+
 def _grad_ratio(folder: Path) -> dict[str, float] | None:
     path = folder / "finetune" / "metrics.jsonl"
     if not path.is_file():
@@ -151,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--table-only", action="store_true", help="rewrite table.md from summary.json and stop")
+    ap.add_argument("--resample", type=int, default=0, metavar="N",
+                    help="report every arm over N further sampling seeds (no new fine-tuning)")
+    ap.add_argument("--resample-accuracy", action="store_true", help="evaluate the resampled sets as well")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,13 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise SystemExit(f"unknown arms {unknown}; choose from {list(ARMS)}")
+    if args.resample < 0:
+        raise SystemExit(f"--resample must be 0 or more, got {args.resample}")
     if args.table_only:
         summary = _read_summary(out / "summary.json")
         for v in summary.values():  # runs before the fix stored zero ratios for arms without Minimax terms
             v["grad"] = _grad_ratio(_folder(out, v["arm"], v["ipc"]))
         atomic_json(out / "summary.json", summary)
-        atomic_text(out / "table.md", table(summary, args.dataset))
-        plot(summary, args.dataset, out / "accuracy.png")
+        _write_tables(out, args.dataset)
         print((out / "table.md").read_text())
         return 0
     splits = load_dataset(args.dataset, args.data_root)
@@ -174,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     summary_path = out / "summary.json"
     summary = _read_summary(summary_path)
     for arm in arms:
+        if all(f"{arm}@{ipc}" in summary for ipc in ipcs):
+            continue  # done: its folder is not opened again (its config may predate newer config keys)
         full = None if arm in PER_IPC else _make_set(arm, ipcs[-1], args, splits, out, model)
         for ipc in ipcs:
             key = f"{arm}@{ipc}"
@@ -194,9 +303,9 @@ def main(argv: list[str] | None = None) -> int:
             atomic_json(summary_path, summary)
             print(f"{key}: {result.mean:.2f} ± {result.std:.2f}  coverage {report['summary']['coverage']:.3f}  "
                   f"recall {report['summary']['recall']:.3f}  agreement {report['summary']['agreement']:.3f}")
-    summary = _read_summary(summary_path)
-    atomic_text(out / "table.md", table(summary, splits.name))
-    plot(summary, splits.name, out / "accuracy.png")
+    if args.resample > 0:
+        _resample(arms, ipcs, epochs, args, splits, out, model)
+    _write_tables(out, splits.name)
     grids = out / "grids"
     grids.mkdir(exist_ok=True)
     for png in out.glob("*/synset/grid.png"):

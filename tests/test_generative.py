@@ -550,6 +550,8 @@ def test_feature_space_minimax_embeds_decoded_predictions_with_gradient(tiny_tra
     (grad,) = torch.autograd.grad(feats.square().sum(), x0)
     assert float(grad[x0.detach().abs() > 1].abs().sum()) > 0  # no clamp: every pixel passes a gradient back
     assert not any(p.requires_grad for p in space.net.parameters())  # the feature network is frozen
+    real = torch.rand(3, 1, 16, 16)  # the real batch is embedded from its own pixels, not from a decode of x0
+    assert torch.allclose(space(torch.zeros_like(real), real), space.net.embed(tiny_train.preprocessing.apply(real)))
     sample = _minimax_space(backbone, tiny_train, MinimaxConfig(**TINY).train_spec("finetune"), 0, torch.device("cpu"))
     assert sample.dim == 16 * 16 and torch.equal(sample(x0), x0.flatten(1))
     with pytest.raises(ConfigError, match="minimax_space"):

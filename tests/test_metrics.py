@@ -2,6 +2,7 @@
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -165,6 +166,40 @@ def test_minimax_experiment_script_runs_an_arm_and_writes_its_table(data_env, tm
     assert minimax_experiment.main([*args, "--table-only"]) == 0  # rewrites the table from the summary
     with pytest.raises(SystemExit):
         minimax_experiment.main([*args[:4], "--arms", "nonsense"])
+    with pytest.raises(SystemExit):
+        minimax_experiment.main([*args, "--resample", "-1"])
+
+
+def test_minimax_experiment_resamples_and_reports_the_spread(data_env, tmp_path, monkeypatch):
+    """--resample draws each arm's set again with new seeds and tabulates the report over all of its sets."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    import minimax_experiment
+
+    out = tmp_path / "exp"
+    args = ["--dataset", "mnist", "--out", str(out), "--arms", "random", "--ipcs", "1,2", "--epochs", "1:1,2:1",
+            "--runs", "1", "--quiet", "--resample", "2"]
+    assert minimax_experiment.main(args) == 0
+    resampled = json.loads((out / "resampled.json").read_text())
+    assert set(resampled) == {"random@1", "random@2"} and set(resampled["random@2"]) == {"1", "2"}
+    assert "coverage" in resampled["random@1"]["1"]["metrics"] and "mean" not in resampled["random@1"]["1"]
+    assert minimax_experiment.main([*args, "--resample-accuracy"]) == 0  # adds the evaluation to the same sets
+    resampled = json.loads((out / "resampled.json").read_text())
+    assert all("mean" in resampled[k][s] for k in resampled for s in ("1", "2"))
+    first = SyntheticSet.load(out / "random" / "synset").materialize()[0]
+    again = SyntheticSet.load(out / "random" / "resampled" / "seed1" / "synset").materialize()[0]
+    assert not torch.equal(first, again)  # a new sampling seed draws another set
+    summary = json.loads((out / "summary.json").read_text())
+    recall = [summary["random@2"]["metrics"]["recall"], *(resampled["random@2"][s]["metrics"]["recall"]
+                                                          for s in ("1", "2"))]
+    table = (out / "table.md").read_text()
+    assert "over sampling seeds" in table
+    row = next(line for line in table.splitlines() if line.startswith("| random | 2 | 3 |"))
+    assert f"{statistics.fmean(recall):.3f} ± {statistics.pstdev(recall):.3f}" in row and "(3 sets)" in row
+    before = (out / "resampled.json").read_text()
+    assert minimax_experiment.main(args) == 0  # rerunning skips the seeds already reported
+    assert (out / "resampled.json").read_text() == before
 
 
 def test_minimax_experiment_keeps_results_another_process_wrote(data_env, tmp_path, monkeypatch):

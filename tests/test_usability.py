@@ -208,6 +208,19 @@ def test_resume_with_only_out_continues_the_recorded_run(tmp_path, data_env, cap
     assert "--resume" in err(["distill", "--out", str(tmp_path / "new")], capsys)
 
 
+def test_resume_accepts_options_a_newer_version_added_but_not_changed_values(tmp_path):
+    """A run saved before an option existed resumes (the new key sits at its default); a changed value does not."""
+    from gendistill.errors import GendistillError
+    from gendistill.runs import RunDir
+
+    RunDir(tmp_path / "r", progress=False).write_config({"method": "dm", "config": {"iterations": 4}})
+    RunDir(tmp_path / "r", resume=True, progress=False).write_config(
+        {"method": "dm", "config": {"iterations": 4, "new_option": "default"}})
+    with pytest.raises(GendistillError, match=r"different config \(config\)"):
+        RunDir(tmp_path / "r", resume=True, progress=False).write_config(
+            {"method": "dm", "config": {"iterations": 5, "new_option": "default"}})
+
+
 def test_sigterm_checkpoints_and_exits_like_ctrl_c(tmp_path, mnist_root):
     out = tmp_path / "d"
     env = {**os.environ, "GENDISTILL_DATA": str(mnist_root), "OMP_NUM_THREADS": "1"}

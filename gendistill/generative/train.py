@@ -256,7 +256,7 @@ def train_backbone(backbone: Backbone, train: RealDataset, class_ids: torch.Tens
                 x0_hat = diffusion.epsilon_jacobian_x0(x0_hat, t[mine].to(device))
             pred = _gather_keep_grad(accelerator, to_minimax_space(x0_hat))
             with torch.no_grad():
-                real = _gather_keep_grad(accelerator, to_minimax_space(x0))
+                real = _gather_keep_grad(accelerator, to_minimax_space(x0, pixels))
             rep, div, active = memories.losses_then_update(pred, real, labels.to(device), spec.temperature,
                                                            spec.minimax_centered)
             terms.update(repr=world * spec.lambda_pos * rep, div=world * spec.lambda_neg * div)
@@ -308,7 +308,8 @@ class _MinimaxSpace:
     flattened) or, as an extension (``minimax_space=feature``), the embedding of a frozen ConvNet trained on the
     real training split. That network has its own seed, so it is not the set-quality report's network; the
     samples are decoded to pixels with gradient (no clamp), resized to the dataset's resolution and normalised as
-    the dataset before it.
+    the dataset before it. The real batch is embedded from its own pixels (``pixels=``), not from a decode of its
+    encoding: the same image in pixel space, and no extra VAE decode in latent space.
     """
 
     def __init__(self, backbone: Backbone, train: RealDataset, net: torch.nn.Module | None) -> None:
@@ -319,11 +320,14 @@ class _MinimaxSpace:
                 probe = torch.zeros((1, *train.image_shape), device=next(net.parameters()).device)
                 self.dim = int(net.embed(probe).shape[-1])
 
-    def __call__(self, x0: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x0: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """``x0`` (diffusion samples) in this space; ``pixels``, when given, are those samples' images in [0, 1]
+        (the real batch) and are embedded instead of a decode of ``x0``."""
         if self.net is None:
             return x0.flatten(1).float()
-        pixels = resize_pixels(self.backbone.decode(x0.float(), differentiable=True), self.train.image_shape[-1],
-                               clamp=False)
+        if pixels is None:
+            pixels = self.backbone.decode(x0.float(), differentiable=True)
+        pixels = resize_pixels(pixels.float(), self.train.image_shape[-1], clamp=False)
         return self.net.embed(self.train.preprocessing.apply(pixels)).float()
 
 
