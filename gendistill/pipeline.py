@@ -166,7 +166,7 @@ def distill(method: str, splits: DatasetSplits, ipc: int, out: str | Path, *, se
               "data": dict(splits.source),
               "config": config_to_dict(config)}
     try:
-        run.write_config(record)
+        run.write_config(record, defaults={"config": config_to_dict(info.config_cls())})
         if resume and (Path(out) / "synset" / "synset.json").is_file():
             return SyntheticSet.load(Path(out) / "synset")  # a finished run: nothing left to do
         start = time.perf_counter()

@@ -107,8 +107,13 @@ class RunDir:
     def checkpoint_path(self) -> Path:
         return self.path / "checkpoint.pt"
 
-    def write_config(self, config: dict[str, Any]) -> None:
-        """Save the resolved config; on ``--resume`` refuse a config that differs from the saved one."""
+    def write_config(self, config: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
+        """Save the resolved config; on ``--resume`` refuse a config that differs from the saved one.
+
+        ``defaults`` mirrors ``config`` with the values a run had before an option existed (e.g. ``{"config":
+        <the method config's defaults>}``): a key the saved run lacks is accepted only at that value, so a run
+        saved by an older version resumes unless a new option would change it.
+        """
         path = self.path / "config.yaml"
         text = yaml.safe_dump(config, sort_keys=False)
         if path.is_file() and (self.resume or self.checkpoint_path.is_file()):
@@ -116,7 +121,7 @@ class RunDir:
             now = yaml.safe_load(text)
             # provenance (where the data was read from) and keys older records lack do not decide a resume
             keys = [k for k in set(saved) & set(now) if k not in self.PROVENANCE]
-            diff = sorted(k for k in keys if _differs(saved[k], now[k]))
+            diff = sorted(k for k in keys if _differs(saved[k], now[k], (defaults or {}).get(k)))
             if diff:
                 raise GendistillError(f"{self.path} holds a run with a different config ({', '.join(diff)}); "
                                       "use another --out or the same settings to resume")
@@ -230,9 +235,13 @@ def run_iterative(distiller: Any, train: Any, ipc: int, *, seed: int, run: RunDi
     return synset
 
 
-def _differs(saved: Any, now: Any) -> bool:
-    """Whether a saved config value differs from the current one. Keys a mapping gained since the run was saved
-    (a newer version's options, at defaults that keep the old behaviour) do not count; changed values do."""
+def _differs(saved: Any, now: Any, default: Any = None) -> bool:
+    """Whether a saved config value differs from the current one. In a mapping, a key the saved run lacks (an
+    option added since) counts only when ``default`` does not hold the same value for it; keys since removed do
+    not count; changed values do."""
     if isinstance(saved, dict) and isinstance(now, dict):
-        return any(_differs(saved[k], now[k]) for k in set(saved) & set(now))
+        default = default if isinstance(default, dict) else {}
+        added = [k for k in now if k not in saved]
+        return (any(k not in default or default[k] != now[k] for k in added)
+                or any(_differs(saved[k], now[k], default.get(k)) for k in set(saved) & set(now)))
     return saved != now

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,8 @@ def _folder(out: Path, arm: str, ipc: int) -> Path:
     return out / arm if arm not in PER_IPC else out / f"{arm}_ipc{ipc}"
 
 
-def _read_summary(path: Path) -> dict[str, Any]:
-    """summary.json as it is on disk now (another process may be adding arms to it)."""
+def _read_json(path: Path) -> dict[str, Any]:
+    """summary.json or resampled.json as it is on disk now (another process may be adding arms to it)."""
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -152,9 +153,9 @@ def _resampled_set(arm: str, ipc: int, offset: int, args: argparse.Namespace, sp
         source = model
     if source is None or not Path(source).is_dir():
         raise SystemExit(f"resampling {arm} needs its model {source}: run the arm first")
-    sampling = [o for o in overrides if o.startswith("cfg_scale=")]  # the fine-tuning keys do not apply here
+    # dit shares minimax's config and only samples: the arm's fine-tuning keys are recorded but not used
     return distill("dit", splits, ipc, folder, seed=args.seed + offset, preset=preset,
-                   overrides=[*sampling, f"pretrained={source}"], resume=True, progress=False)
+                   overrides=[*overrides, f"pretrained={source}"], resume=True, progress=False)
 
 
 def _missing(entry: dict[str, Any] | None, accuracy: bool) -> bool:
@@ -165,61 +166,68 @@ def _missing(entry: dict[str, Any] | None, accuracy: bool) -> bool:
 def _resample(arms: list[str], ipcs: list[int], epochs: dict[int, int], args: argparse.Namespace, splits: Any,
               out: Path, model: Path | None) -> None:
     """Set-quality report (and, with ``--resample-accuracy``, accuracy) of every arm over further sampling seeds;
-    merged into ``<out>/resampled.json`` as ``{arm@ipc: {seed: {"metrics": ..., "mean": ...}}}``."""
+    merged into ``<out>/resampled.json`` as ``{arm@ipc: {seed: {"metrics": ..., "mean": ..., "protocol": ...}}}``.
+    """
     path = out / "resampled.json"
     for arm in arms:
+        if arm in PER_IPC:
+            print(f"{arm}: generated per IPC (selection or DM), not resampled")
+            continue
         for offset in range(1, args.resample + 1):
-            done, seed = _read_summary(path), str(args.seed + offset)
+            seed = str(args.seed + offset)
+            done = _read_json(path)
             todo = [i for i in ipcs if _missing(done.get(f"{arm}@{i}", {}).get(seed), args.resample_accuracy)]
             if not todo:
                 continue
             full = _resampled_set(arm, ipcs[-1], offset, args, splits, out, model)
-            if full is None:
-                break
             for ipc in todo:
-                syn = full.subset(ipc)
-                entry: dict[str, Any] = {"metrics": set_quality(syn, splits.train, seed=args.seed)["summary"]}
+                key, syn = f"{arm}@{ipc}", full.subset(ipc)
+                entry: dict[str, Any] = dict(done.get(key, {}).get(seed) or {})
+                if "metrics" not in entry:
+                    report = set_quality(syn, splits.train, seed=args.seed, progress=not args.quiet)
+                    entry.update(metrics=report["summary"], report_seed=args.seed)
                 if args.resample_accuracy:
                     result = evaluate(syn, splits.test, "dsa", epochs=epochs[ipc], runs=args.runs, seed=args.seed,
                                       progress=not args.quiet)
-                    entry.update(mean=result.mean, std=result.std, accs=result.accs)
-                key = f"{arm}@{ipc}"
-                on_disk = _read_summary(path)  # merge with other processes' arms
-                atomic_json(path, {**on_disk, key: {**on_disk.get(key, {}), str(args.seed + offset): entry}})
-                print(f"{key} sampling seed {args.seed + offset}: coverage {entry['metrics']['coverage']:.3f}  "
+                    entry.update(mean=result.mean, std=result.std, accs=result.accs,
+                                 protocol=f"dsa {epochs[ipc]} epochs x {args.runs} runs")
+                on_disk = _read_json(path)  # merge with other processes' arms and entries
+                merged = {**on_disk.get(key, {}), seed: {**on_disk.get(key, {}).get(seed, {}), **entry}}
+                atomic_json(path, {**on_disk, key: merged})
+                print(f"{key} sampling seed {seed}: coverage {entry['metrics']['coverage']:.3f}  "
                       f"recall {entry['metrics']['recall']:.3f}" + (f"  accuracy {entry['mean']:.2f}"
                                                                       if "mean" in entry else ""))
 
 
 def resampled_table(summary: dict[str, Any], resampled: dict[str, Any]) -> str:
-    """Markdown table of the report columns (and accuracy where measured) as mean ± std over sampling seeds,
-    the experiment's own set (seed 0 of the summary) included."""
-    import statistics
+    """Markdown table of the report columns (and accuracy where measured under the summary's protocol) as mean ±
+    population std over sampling seeds, the experiment's own set (the summary's) included."""
 
     def spread(values: list[float], digits: int) -> str:
         sd = statistics.pstdev(values) if len(values) > 1 else 0.0
         return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f}"
 
-    head = ("| arm | IPC | sets | " + " | ".join(RESAMPLED_COLUMNS) + " | accuracy (mean of per-set means) |\n"
+    head = ("| arm | IPC | sets | " + " | ".join(RESAMPLED_COLUMNS) + " | accuracy (mean ± std of per-set means) |\n"
             "|---|---|---|" + "---|" * len(RESAMPLED_COLUMNS) + "---|\n")
     lines = []
     order = list(ARMS)
     for key in sorted(resampled, key=lambda k: (int(k.split("@")[1]), order.index(k.split("@")[0]))):
         if key not in summary:
             continue
-        sets = [summary[key], *resampled[key].values()]
+        own = summary[key]
+        others = [e for s, e in resampled[key].items() if int(s) != own.get("seed", 0)]  # never count a set twice
+        sets = [own, *others]
         cols = [spread([s["metrics"][c] for s in sets], 1 if c == "fd" else 3) for c in RESAMPLED_COLUMNS]
-        accs = [s["mean"] for s in sets if "mean" in s]
+        accs = [s["mean"] for s in sets if "mean" in s and s.get("protocol") == own["protocol"]]
         acc = spread(accs, 2) + f" ({len(accs)} sets)" if len(accs) > 1 else "–"
-        lines.append(f"| {summary[key]['arm']} | {summary[key]['ipc']} | {len(sets)} | " + " | ".join(cols)
-                     + f" | {acc} |")
+        lines.append(f"| {own['arm']} | {own['ipc']} | {len(sets)} | " + " | ".join(cols) + f" | {acc} |")
     return head + "\n".join(lines) + "\n"
 
 
 def _write_tables(out: Path, dataset: str) -> None:
-    summary = _read_summary(out / "summary.json")
+    summary = _read_json(out / "summary.json")
     text = table(summary, dataset)
-    resampled = _read_summary(out / "resampled.json")
+    resampled = _read_json(out / "resampled.json")
     if resampled:
         text += ("\nSet-quality report over sampling seeds: mean ± population std over the experiment's set and its "
                  "resampled sets (same model, new sampling seeds; random real: new subsets)\n\n"
@@ -269,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resample < 0:
         raise SystemExit(f"--resample must be 0 or more, got {args.resample}")
     if args.table_only:
-        summary = _read_summary(out / "summary.json")
+        summary = _read_json(out / "summary.json")
         for v in summary.values():  # runs before the fix stored zero ratios for arms without Minimax terms
             v["grad"] = _grad_ratio(_folder(out, v["arm"], v["ipc"]))
         atomic_json(out / "summary.json", summary)
@@ -279,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = load_dataset(args.dataset, args.data_root)
     model = _pretrained(args, splits, out) if any(ARMS[a][0] in ("dit", "minimax") for a in arms) else None
     summary_path = out / "summary.json"
-    summary = _read_summary(summary_path)
+    summary = _read_json(summary_path)
     for arm in arms:
         if all(f"{arm}@{ipc}" in summary for ipc in ipcs):
             continue  # done: its folder is not opened again (its config may predate newer config keys)
@@ -297,9 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             atomic_json(folder / f"metrics_ipc{ipc}.json", report)
             entry = {"arm": arm, "ipc": ipc, "note": ARMS[arm][3], "mean": result.mean, "std": result.std,
                      "accs": result.accs, "protocol": f"dsa {epochs[ipc]} epochs x {args.runs} runs",
-                     "eval_s": result.wall_time_s, "distill_time_s": syn.meta.get("distill_time_s"),
+                     "seed": args.seed, "eval_s": result.wall_time_s, "distill_time_s": syn.meta.get("distill_time_s"),
                      "metrics": report["summary"], "grad": _grad_ratio(folder), "peak_rss_mb": peak_memory_mb()}
-            summary = {**_read_summary(summary_path), key: entry}  # merge with other processes' arms
+            summary = {**_read_json(summary_path), key: entry}  # merge with other processes' arms
             atomic_json(summary_path, summary)
             print(f"{key}: {result.mean:.2f} ± {result.std:.2f}  coverage {report['summary']['coverage']:.3f}  "
                   f"recall {report['summary']['recall']:.3f}  agreement {report['summary']['agreement']:.3f}")

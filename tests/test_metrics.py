@@ -197,9 +197,41 @@ def test_minimax_experiment_resamples_and_reports_the_spread(data_env, tmp_path,
     assert "over sampling seeds" in table
     row = next(line for line in table.splitlines() if line.startswith("| random | 2 | 3 |"))
     assert f"{statistics.fmean(recall):.3f} ± {statistics.pstdev(recall):.3f}" in row and "(3 sets)" in row
-    before = (out / "resampled.json").read_text()
-    assert minimax_experiment.main(args) == 0  # rerunning skips the seeds already reported
-    assert (out / "resampled.json").read_text() == before
+    assert all(resampled[k][s]["protocol"] == "dsa 1 epochs x 1 runs" for k in resampled for s in ("1", "2"))
+
+    def must_not_run(*a, **k):
+        raise AssertionError("a finished seed was computed again")
+
+    for name in ("set_quality", "evaluate", "distill"):
+        monkeypatch.setattr(minimax_experiment, name, must_not_run)
+    assert minimax_experiment.main([*args, "--resample-accuracy"]) == 0  # rerunning skips what is done
+
+
+def test_minimax_experiment_resamples_each_arm_from_its_own_model(tmp_path, monkeypatch):
+    """A resampled arm is its own fine-tuned model (or the shared pretrained one) sampled through ``dit`` with the
+    arm's settings and a new seed; arms generated per IPC are not resampled; a missing model is a clear exit."""
+    import argparse
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    import minimax_experiment
+
+    calls = []
+    monkeypatch.setattr(minimax_experiment, "distill", lambda method, splits, ipc, folder, **k: calls.append(
+        (method, folder, k)) or "set")
+    out, pre = tmp_path / "exp", tmp_path / "pre"
+    for folder in (out / "minimax_g4" / "finetune" / "model", pre):
+        folder.mkdir(parents=True)
+    args = argparse.Namespace(seed=3)
+    for arm in ("dit_g4", "minimax_g4", "minimax_g1"):
+        assert minimax_experiment._resampled_set(arm, 50, 2, args, None, out, pre) == "set"
+    sources = [next(o for o in k["overrides"] if o.startswith("pretrained=")) for _, _, k in calls]
+    assert sources == [f"pretrained={pre}", *[f"pretrained={out / 'minimax_g4' / 'finetune' / 'model'}"] * 2]
+    assert all(method == "dit" and k["seed"] == 5 for method, _, k in calls)
+    assert calls[1][1] == out / "minimax_g4" / "resampled" / "seed5" and "cfg_scale=1.0" in calls[2][2]["overrides"]
+    assert minimax_experiment._resampled_set("minimax_os4_kcenter_g4", 50, 1, args, None, out, pre) is None
+    with pytest.raises(SystemExit, match="run the arm first"):
+        minimax_experiment._resampled_set("minimax_centered_g4", 50, 1, args, None, out, pre)
 
 
 def test_minimax_experiment_keeps_results_another_process_wrote(data_env, tmp_path, monkeypatch):

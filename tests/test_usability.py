@@ -208,17 +208,24 @@ def test_resume_with_only_out_continues_the_recorded_run(tmp_path, data_env, cap
     assert "--resume" in err(["distill", "--out", str(tmp_path / "new")], capsys)
 
 
-def test_resume_accepts_options_a_newer_version_added_but_not_changed_values(tmp_path):
-    """A run saved before an option existed resumes (the new key sits at its default); a changed value does not."""
+def test_resume_accepts_options_a_newer_version_added_at_their_defaults_only(tmp_path):
+    """A run saved before an option existed resumes when the new option sits at its default (the old behaviour);
+    a new option at another value (e.g. from a preset) or a changed value is refused."""
     from gendistill.errors import GendistillError
     from gendistill.runs import RunDir
 
-    RunDir(tmp_path / "r", progress=False).write_config({"method": "dm", "config": {"iterations": 4}})
-    RunDir(tmp_path / "r", resume=True, progress=False).write_config(
-        {"method": "dm", "config": {"iterations": 4, "new_option": "default"}})
-    with pytest.raises(GendistillError, match=r"different config \(config\)"):
+    def resume(config: dict) -> None:
         RunDir(tmp_path / "r", resume=True, progress=False).write_config(
-            {"method": "dm", "config": {"iterations": 5, "new_option": "default"}})
+            {"method": "dm", "config": config}, defaults={"config": {"iterations": 1, "new_option": "default"}})
+
+    RunDir(tmp_path / "r", progress=False).write_config({"method": "dm", "config": {"iterations": 4}})
+    for refused in ({"iterations": 4, "new_option": "other"}, {"iterations": 5, "new_option": "default"},
+                    {"iterations": 4, "unknown_new_option": 1}):
+        with pytest.raises(GendistillError, match=r"different config \(config\)"):
+            resume(refused)
+    resume({"iterations": 4, "new_option": "default"})
+    with pytest.raises(GendistillError, match=r"different config \(config\)"):  # now saved with the option
+        resume({"iterations": 4, "new_option": "other"})
 
 
 def test_sigterm_checkpoints_and_exits_like_ctrl_c(tmp_path, mnist_root):
