@@ -114,15 +114,20 @@ def _pretrained(args: argparse.Namespace, splits: Any, out: Path) -> Path:
     return path
 
 
+def _finetuned_model(out: Path, arm: str, needed_by: str) -> Path:
+    """The fine-tuned model folder of ``arm`` in ``out``; a clear exit when that arm has not run yet."""
+    source = out / arm / "finetune" / "model"
+    if not source.is_dir():
+        raise SystemExit(f"{needed_by} needs {source}: run the {arm} arm first")
+    return source
+
+
 def _make_set(arm: str, ipc: int, args: argparse.Namespace, splits: Any, out: Path, model: Path) -> SyntheticSet:
     method, preset, overrides, _ = ARMS[arm]
     folder = _folder(out, arm, ipc)
     extra = []
     if method.startswith("@"):  # sample another arm's fine-tuned model
-        source = out / method[1:] / "finetune" / "model"
-        if not source.is_dir():
-            raise SystemExit(f"{arm} needs {source}: run the {method[1:]} arm first")
-        method, extra = "dit", [f"pretrained={source}"]
+        method, extra = "dit", [f"pretrained={_finetuned_model(out, method[1:], arm)}"]
     elif method in ("dit", "minimax"):
         extra = [f"pretrained={model}"]
     syn = distill(method, splits, ipc, folder, seed=args.seed, preset=preset, overrides=[*overrides, *extra],
@@ -145,14 +150,12 @@ def _resampled_set(arm: str, ipc: int, offset: int, args: argparse.Namespace, sp
     folder = out / arm / "resampled" / f"seed{args.seed + offset}"
     if method == "random":
         return distill("random", splits, ipc, folder, seed=args.seed + offset, resume=True, progress=False)
-    if method.startswith("@"):
-        source = out / method[1:] / "finetune" / "model"
-    elif method == "minimax":
-        source = out / arm / "finetune" / "model"
+    if method.startswith("@") or method == "minimax":
+        source = _finetuned_model(out, method[1:] if method.startswith("@") else arm, f"resampling {arm}")
+    elif model is None or not Path(model).is_dir():
+        raise SystemExit(f"resampling {arm} needs the pretrained model {model}: pass --pretrained")
     else:
         source = model
-    if source is None or not Path(source).is_dir():
-        raise SystemExit(f"resampling {arm} needs its model {source}: run the arm first")
     # dit shares minimax's config and only samples: the arm's fine-tuning keys are recorded but not used
     return distill("dit", splits, ipc, folder, seed=args.seed + offset, preset=preset,
                    overrides=[*overrides, f"pretrained={source}"], resume=True, progress=False)

@@ -230,7 +230,7 @@ def test_minimax_experiment_resamples_each_arm_from_its_own_model(tmp_path, monk
     assert all(method == "dit" and k["seed"] == 5 for method, _, k in calls)
     assert calls[1][1] == out / "minimax_g4" / "resampled" / "seed5" and "cfg_scale=1.0" in calls[2][2]["overrides"]
     assert minimax_experiment._resampled_set("minimax_os4_kcenter_g4", 50, 1, args, None, out, pre) is None
-    with pytest.raises(SystemExit, match="run the arm first"):
+    with pytest.raises(SystemExit, match="run the minimax_centered_g4 arm first"):
         minimax_experiment._resampled_set("minimax_centered_g4", 50, 1, args, None, out, pre)
 
 
