@@ -7,12 +7,12 @@ from typing import Any, Literal
 
 import torch
 
-from gendistill.augment import DSA, FULL_DSA
-from gendistill.data import RealDataset
-from gendistill.methods import IterativeDistiller
-from gendistill.nets import create_network
-from gendistill.seeding import derive_seed
-from gendistill.synset import SyntheticSet
+from gendistill.data.datasets import RealDataset
+from gendistill.distiller import IterativeDistiller, budget_field
+from gendistill.nn.augment import DSA, FULL_DSA
+from gendistill.nn.nets import create_network
+from gendistill.synset.format import SyntheticSet
+from gendistill.utils.seeding import derive_seed
 
 __all__ = ["FULL_DSA", "PixelConfig", "PixelDistiller", "initial_images"]
 
@@ -36,10 +36,10 @@ class PixelConfig:
         device: where to run.
     """
 
-    iterations: int = 1000
+    iterations: int = budget_field(1000, zero_is_full=True)
     lr_img: float = 0.1
     momentum_img: float = 0.5
-    batch_real: int = 256
+    batch_real: int = budget_field(256)
     init: Literal["real", "noise"] = "real"
     model: str = "convnet"
     dsa: bool = True
@@ -55,7 +55,7 @@ def initial_images(train: RealDataset, ipc: int, init: str, generator: torch.Gen
     if init == "real":
         idx = train.sample_indices(ipc, generator).reshape(-1)
         if idx.numel() != c * ipc:
-            from gendistill.errors import GendistillError
+            from gendistill.utils.errors import GendistillError
 
             raise GendistillError(f"--ipc {ipc} exceeds the real images of the smallest class of {train.name}")
         return train.images(idx).clone()

@@ -28,13 +28,14 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from gendistill.blocking import block_rows, forward_in_blocks, row_blocks
-from gendistill.data import RealDataset
-from gendistill.errors import ConfigError
-from gendistill.evaluation import EvalProtocol, train_network
-from gendistill.methods import register_method
-
-from .base import PixelConfig, PixelDistiller
+from gendistill.baselines.base import PixelConfig, PixelDistiller
+from gendistill.data.datasets import RealDataset
+from gendistill.distiller import budget_field
+from gendistill.evaluation.protocols import EvalProtocol, register_protocol
+from gendistill.evaluation.trainer import train_network
+from gendistill.nn.blocking import block_rows, forward_in_blocks, row_blocks
+from gendistill.registry import register_method
+from gendistill.utils.errors import ConfigError
 
 __all__ = ["CAFEConfig", "CAFE", "cafe_losses", "real_class_means"]
 
@@ -59,7 +60,7 @@ class CAFEConfig(PixelConfig):
         max_inner: optional cap on network epochs per inner phase (0 = none, the reference).
     """
 
-    iterations: int = 2000
+    iterations: int = budget_field(2000, zero_is_full=True)
     lr_img: float = 0.1
     init: Literal["real", "noise"] = "noise"
     dsa: bool = False
@@ -73,10 +74,8 @@ class CAFEConfig(PixelConfig):
     lambda_inner: float = 0.03
     window: int = 10
     acc_batch: int = 128
-    max_outer: int = 0
-    max_inner: int = 0
-
-
+    max_outer: int = budget_field(0, zero_is_full=True)
+    max_inner: int = budget_field(0, zero_is_full=True)
 @dataclasses.dataclass
 class CAFEDSAConfig(CAFEConfig):
     """CAFE+DSA: siamese DSA on both sides of the alignment."""
@@ -130,6 +129,10 @@ def cafe_losses(net: torch.nn.Module, real: torch.Tensor, real_labels: torch.Ten
     logits = real_emb @ centroids.T
     discrim = F.cross_entropy(logits, real_labels, reduction="sum")
     return align, discrim
+
+
+# CAFE's ``distill.py`` evaluation: DC's recipe and per-dataset rule, with 600 epochs where no augmentation applies.
+register_protocol(EvalProtocol(name="cafe", epochs=600, dc_aug_rule=True))
 
 
 @register_method("cafe", config=CAFEConfig, paper="Wang et al., CAFE: Learning to Condense Dataset by Aligning "

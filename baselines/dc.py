@@ -22,13 +22,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from gendistill.data import RealDataset
-from gendistill.errors import ConfigError
-from gendistill.evaluation import EvalProtocol, train_network
-from gendistill.methods import register_method
-
-from .base import PixelConfig, PixelDistiller
-from .matching import gradient_distance, per_class_gradients
+from gendistill.baselines.base import PixelConfig, PixelDistiller
+from gendistill.baselines.matching import gradient_distance, per_class_gradients
+from gendistill.data.datasets import RealDataset
+from gendistill.distiller import budget_field
+from gendistill.evaluation.protocols import EvalProtocol
+from gendistill.evaluation.trainer import train_network
+from gendistill.registry import register_method
+from gendistill.utils.errors import ConfigError
 
 __all__ = ["DCConfig", "DSAConfig", "GradientMatching", "freeze_batchnorm_statistics", "get_loops"]
 
@@ -59,14 +60,14 @@ class DCConfig(PixelConfig):
             matching step (the reference's ``BNSizePC``; networks without BatchNorm ignore it).
     """
 
-    iterations: int = 1000
+    iterations: int = budget_field(1000, zero_is_full=True)
     lr_img: float = 0.1
     init: Literal["real", "noise"] = "noise"
     dsa: bool = False
     lr_net: float = 0.01
     batch_train: int = 256
-    outer_loop: int = 0
-    inner_loop: int = 0
+    outer_loop: int = budget_field(0, zero_is_full=True)
+    inner_loop: int = budget_field(0, zero_is_full=True)
     metric: Literal["ours", "mse", "cos"] = "ours"
     class_batching: Literal["loop", "vmap"] = "loop"
     bn_images_per_class: int = 16

@@ -32,13 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from gendistill.data import RealDataset
-from gendistill.errors import ConfigError, GendistillError
-from gendistill.evaluation import EvalResult, register_evaluator, split_accuracy
-from gendistill.methods import IterativeDistiller, register_method
-from gendistill.nets import create_network, xavier_init_
-from gendistill.seeding import derive_seed, make_generator
-from gendistill.synset import SyntheticSet
+from gendistill.data.datasets import RealDataset
+from gendistill.distiller import IterativeDistiller, budget_field
+from gendistill.evaluation.evaluate import EvalResult
+from gendistill.evaluation.protocols import register_evaluator
+from gendistill.evaluation.trainer import split_accuracy
+from gendistill.nn.nets import create_network, xavier_init_
+from gendistill.registry import register_method
+from gendistill.synset.format import SyntheticSet
+from gendistill.utils.errors import ConfigError, GendistillError
+from gendistill.utils.seeding import derive_seed, make_generator
 
 __all__ = ["DDConfig", "DatasetDistillation", "dd_network", "evaluate_learned_schedule", "unrolled_loss"]
 
@@ -66,8 +69,8 @@ class DDConfig:
         device: where to run.
     """
 
-    iterations: int = 0
-    epochs: int = 400
+    iterations: int = budget_field(0, zero_is_full=True)
+    epochs: int = budget_field(400)
     distill_steps: int = 0
     distill_epochs: int = 3
     lr_init: float = 0.02
@@ -76,7 +79,7 @@ class DDConfig:
     beta2: float = 0.999
     decay_epochs: int = 40
     decay: float = 0.5
-    batch_real: int = 1024
+    batch_real: int = budget_field(1024)
     model: str = "lenet"
     init: Literal["xavier", "default"] = "xavier"
     init_gain: float = 1.0
@@ -88,7 +91,7 @@ def dd_network(name: str, channels: int, num_classes: int, image_size: int, seed
     """A network as DD creates it: the registry's architecture, re-initialised by ``init``."""
     net = create_network(name, channels, num_classes, image_size, seed=seed)
     if init == "xavier":
-        from gendistill.seeding import seeded
+        from gendistill.utils.seeding import seeded
 
         with seeded(derive_seed(seed, "xavier")):
             xavier_init_(net, gain)

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from gendistill.blocking import block_rows, forward_in_blocks
-from gendistill.data import RealDataset
-from gendistill.methods import register_method
-
-from .base import PixelConfig, PixelDistiller
+from gendistill.baselines.base import PixelConfig, PixelDistiller
+from gendistill.data.datasets import RealDataset
+from gendistill.distiller import budget_field
+from gendistill.nn.blocking import block_rows, forward_in_blocks
+from gendistill.registry import register_method
 
 __all__ = ["DMConfig", "DistributionMatching", "mean_embedding_loss"]
 
@@ -36,7 +36,7 @@ class DMConfig(PixelConfig):
             cache-blocking size of :mod:`gendistill.blocking` (whole batch on GPU).
     """
 
-    iterations: int = 20000
+    iterations: int = budget_field(20000, zero_is_full=True)
     lr_img: float = 1.0
     init: str = "real"
     real_chunk: int = 0

@@ -47,13 +47,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gendistill.coreset import CoresetConfig
-from gendistill.data import RealDataset
-from gendistill.errors import ConfigError, GendistillError
-from gendistill.features import embed, feature_network
-from gendistill.methods import Distiller, register_method
-from gendistill.seeding import derive_seed, make_generator, seeded
-from gendistill.synset import SyntheticSet
+from gendistill.data.datasets import RealDataset
+from gendistill.distiller import Distiller
+from gendistill.evaluation.features import embed, feature_network
+from gendistill.methods.coreset import CoresetConfig
+from gendistill.registry import register_method
+from gendistill.synset.format import SyntheticSet
+from gendistill.utils.errors import ConfigError, GendistillError
+from gendistill.utils.seeding import derive_seed, make_generator, seeded
 
 __all__ = ["DQConfig", "DatasetQuantization", "apportion", "bin_sizes", "gradcam_pp", "gradient_similarity",
            "graphcut_greedy", "last_layer_residual", "pixel_quantize", "quantize_bins"]

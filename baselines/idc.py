@@ -52,17 +52,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gendistill.augment import IDCAugment, cutmix
-from gendistill.blocking import block_rows, blocked_mean_backward
-from gendistill.data import RealDataset
-from gendistill.decoders import multiformation, normalised_grey
-from gendistill.errors import ConfigError, GendistillError
-from gendistill.methods import IterativeDistiller, register_method
-from gendistill.nets import create_network
-from gendistill.seeding import derive_seed
-from gendistill.synset import SyntheticSet
-
-from .matching import per_class_gradients
+from gendistill.baselines.matching import per_class_gradients
+from gendistill.data.datasets import RealDataset
+from gendistill.distiller import IterativeDistiller, budget_field
+from gendistill.evaluation.protocols import EvalProtocol, register_protocol
+from gendistill.nn.augment import IDCAugment, cutmix
+from gendistill.nn.blocking import block_rows, blocked_mean_backward
+from gendistill.nn.nets import create_network
+from gendistill.registry import register_method
+from gendistill.synset.decoders import multiformation, normalised_grey
+from gendistill.synset.format import SyntheticSet
+from gendistill.utils.errors import ConfigError, GendistillError
+from gendistill.utils.seeding import derive_seed
 
 __all__ = ["IDCConfig", "IDCDistiller", "idc_distance", "matched_parameters", "mix_init", "sequential_class_sgd",
            "tune_lr_img"]
@@ -104,8 +105,8 @@ class IDCConfig:
         device: where to run.
     """
 
-    iterations: int = 2000
-    inner_loop: int = 100
+    iterations: int = budget_field(2000, zero_is_full=True)
+    inner_loop: int = budget_field(100, zero_is_full=True)
     factor: int = 2
     init: Literal["mix", "random", "noise"] = "mix"
     lr_img: float = 5e-3
@@ -114,7 +115,7 @@ class IDCConfig:
     metric: Literal["mse", "l1", "cos"] = "mse"
     bias: bool = False
     fc: bool = False
-    batch_real: int = 64
+    batch_real: int = budget_field(64)
     batch_syn_max: int = 128
     aug_type: str = "color_crop_cutout"
     n_data: int = 2000
@@ -226,6 +227,31 @@ def sequential_class_sgd(images: torch.Tensor, momentum: torch.Tensor, num_class
 
 
 # ------------------------------------------------------------------------------------------------ method
+def idc_rule_for(dataset: str, factor: int = 1, ipc: int = 0) -> dict[str, Any]:
+    """IDC's per-dataset evaluation changes (``argument.py`` ll. 266-295 and ``misc/reproduce.py`` of
+    snu-mllab/Efficient-Dataset-Condensation), as field overrides of the ``idc`` preset: MNIST sets made with
+    multi-formation (factor > 1) train without CutMix; SVHN IDC-I (factor 1) sets at IPC 1 train without CutMix
+    and keep cutout. Flip is dropped for digits by the DSA rule (``flip_ok``); Fashion-MNIST keeps flip and CutMix.
+    """
+    if dataset == "mnist" and factor > 1:
+        return {"cutmix_prob": 0.0}
+    if dataset == "svhn" and factor == 1 and ipc == 1:
+        return {"cutmix_prob": 0.0, "dsa_strategy": "color_crop_cutout_scale_rotate"}
+    return {}
+
+
+def _idc_rule(protocol: EvalProtocol, dataset: str, *, factor: int = 1, ipc: int = 0, num_classes: int = 10
+              ) -> EvalProtocol:
+    return dataclasses.replace(protocol, **idc_rule_for(dataset, factor, ipc)) if protocol.idc_rule else protocol
+
+
+# IDC's evaluation: 1000 epochs, batch 64, lr x0.2 at 2/3 and 5/6, IDC's DiffAug composition plus CutMix (p = 0.5),
+# with IDC's per-dataset rule (:func:`idc_rule_for`).
+register_protocol(EvalProtocol(name="idc", epochs=1000, batch_size=64, schedule="multistep", milestones=(2 / 3, 5 / 6),
+                               gamma=0.2, dsa_strategy="color_crop_flip_scale_rotate", cutmix_prob=0.5,
+                               aug_mode="idc", idc_rule=True, extra_pass=False), resolve=_idc_rule)
+
+
 @register_method("idc", config=IDCConfig, paper="Kim et al., Dataset Condensation via Efficient Synthetic-Data "
                  "Parameterization, ICML 2022", year=2022, kind="pixel", default_eval="idc")
 class IDCDistiller(IterativeDistiller):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from gendistill.blocking import block_rows, blocked_mean_grads
+from gendistill.nn.blocking import block_rows, blocked_mean_grads
 
 __all__ = ["gradient_distance", "per_class_gradients"]
 

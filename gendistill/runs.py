@@ -25,9 +25,9 @@ from typing import Any
 import torch
 import yaml
 
-from .atomic import atomic_json, atomic_text, atomic_torch_save
-from .errors import CheckpointError, GendistillError, NonFiniteLossError
-from .seeding import make_generator
+from gendistill.utils.atomic import atomic_json, atomic_text, atomic_torch_save
+from gendistill.utils.errors import CheckpointError, GendistillError, NonFiniteLossError
+from gendistill.utils.seeding import make_generator
 
 __all__ = ["Interrupted", "RunDir", "graceful_interrupts", "run_iterative"]
 
@@ -129,7 +129,7 @@ class RunDir:
             raise GendistillError(f"{self.path} already holds a checkpoint; pass --resume to continue it or "
                                   "choose another --out")
         atomic_text(path, text)
-        from .synset import environment_meta
+        from gendistill.synset.format import environment_meta
 
         atomic_json(self.path / "env.json", environment_meta())
 
@@ -182,7 +182,7 @@ def _after_step(distiller: Any, state: Any, train: Any, generator: torch.Generat
         bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
     if run is not None and run.grid_every and ((it + 1) % run.grid_every == 0):
         syn = distiller.preview(state, train, ipc, seed)
-        from .synset import save_grid
+        from gendistill.synset.format import save_grid
 
         save_grid(syn.to_pixels(), syn.hard_labels(), syn.num_classes, run.path / "grids" / f"step_{it + 1}.png")
     if run is not None and run.checkpoint_every and ((it + 1) % run.checkpoint_every == 0) and not last:

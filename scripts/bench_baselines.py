@@ -23,11 +23,11 @@ import time
 import torch
 from bench_common import count_flops, matmul_peak_gflops, sync
 
-from gendistill.data import load_dataset
-from gendistill.methods import get_method
-from gendistill.pipeline import resolve_config
-from gendistill.resources import peak_memory_mb
-from gendistill.seeding import derive_seed, make_generator
+from gendistill.data.datasets import load_dataset
+from gendistill.presets import resolve_config
+from gendistill.registry import get_method
+from gendistill.utils.resources import peak_memory_mb
+from gendistill.utils.seeding import derive_seed, make_generator
 
 
 def dm_per_class_reference_step(distiller, state, train, generator, seed, it):

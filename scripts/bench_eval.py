@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 from bench_common import count_flops, matmul_peak_gflops, time_calls
 
-from gendistill.data import load_dataset
-from gendistill.evaluation import evaluate, get_protocol
-from gendistill.methods import get_method
-from gendistill.nets import create_network
-from gendistill.resources import peak_memory_mb
+from gendistill.data.datasets import load_dataset
+from gendistill.evaluation.evaluate import evaluate
+from gendistill.evaluation.protocols import get_protocol
+from gendistill.nn.nets import create_network
+from gendistill.registry import get_method
+from gendistill.utils.resources import peak_memory_mb
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from bench_common import sync
 
-from gendistill.data import load_dataset
-from gendistill.kernels import KernelSpec, kernel, kip_loss
-from gendistill.resources import peak_memory_mb
-from gendistill.seeding import make_generator
+from gendistill.baselines.kip.kernels import KernelSpec, kernel, kip_loss
+from gendistill.data.datasets import load_dataset
+from gendistill.utils.resources import peak_memory_mb
+from gendistill.utils.seeding import make_generator
 
 
 def _images(dataset: str, data_root: str | None, n: int, seed: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,13 +50,13 @@ import torch
 import torch.nn.functional as F
 from bench_common import sync
 
-from baselines.mtt import FlatNetwork, plan_steps, tesla_matching_loss, unrolled_matching_loss
-from gendistill.augment import DSA
-from gendistill.buffers import BufferRecipe, flat_parameters, train_buffers
-from gendistill.data import RealDataset, load_dataset
-from gendistill.nets import create_network
-from gendistill.pipeline import resolve_config
-from gendistill.seeding import derive_seed, make_generator
+from gendistill.baselines.trajectory.buffers import BufferRecipe, flat_parameters, train_buffers
+from gendistill.baselines.trajectory.mtt import FlatNetwork, plan_steps, tesla_matching_loss, unrolled_matching_loss
+from gendistill.data.datasets import RealDataset, load_dataset
+from gendistill.nn.augment import DSA
+from gendistill.nn.nets import create_network
+from gendistill.presets import resolve_config
+from gendistill.utils.seeding import derive_seed, make_generator
 
 MB = 2**20
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 import gendistill
-from gendistill.errors import DatasetNotFoundError
+from gendistill.utils.errors import DatasetNotFoundError
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -43,13 +43,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gendistill.atomic import atomic_json, atomic_text
-from gendistill.data import load_dataset
-from gendistill.evaluation import evaluate
-from gendistill.metrics import set_quality
+from gendistill.data.datasets import load_dataset
+from gendistill.evaluation.evaluate import evaluate
+from gendistill.evaluation.metrics import set_quality
 from gendistill.pipeline import distill
-from gendistill.resources import peak_memory_mb
-from gendistill.synset import SyntheticSet
+from gendistill.synset.format import SyntheticSet
+from gendistill.utils.atomic import atomic_json, atomic_text
+from gendistill.utils.resources import peak_memory_mb
 
 # arm -> (method, preset, overrides, note); "@minimax_g4" = sample the fine-tuned model of that arm.
 ARMS: dict[str, tuple[str, str | None, list[str], str]] = {
@@ -103,7 +103,7 @@ def _pretrained(args: argparse.Namespace, splits: Any, out: Path) -> Path:
     if args.pretrained:
         return Path(args.pretrained)
     from gendistill.generative.method import pretrain
-    from gendistill.pipeline import resolve_config
+    from gendistill.presets import resolve_config
 
     config = resolve_config("minimax", splits.name, 0, preset="cpu", overrides=args.pretrain_set)
     start = time.perf_counter()

@@ -21,10 +21,10 @@ import json
 import sys
 from pathlib import Path
 
-from gendistill.atomic import atomic_text
-from gendistill.data import load_dataset
+from gendistill.data.datasets import load_dataset
+from gendistill.evaluation.results import format_table, result_row
 from gendistill.pipeline import distill, distill_seeds, evaluate_run
-from gendistill.results import format_table, result_row
+from gendistill.utils.atomic import atomic_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _also(args: argparse.Namespace, run_dir: Path, dataset: str, cache: dict) -> list[dict]:
     """The ``--also`` evaluations of one cell (cached in ``result_<protocol>.json``)."""
-    from gendistill.errors import GendistillError
-    from gendistill.synset import SyntheticSet
+    from gendistill.synset.format import SyntheticSet
+    from gendistill.utils.errors import GendistillError
 
     found = []
     for spec in args.also:

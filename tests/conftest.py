@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from gendistill.data import RealDataset
-from gendistill.preprocessing import Preprocessing
+from gendistill.data.datasets import RealDataset
+from gendistill.data.preprocessing import Preprocessing
 
 
 def class_pattern_images(n_per_class: int, num_classes: int, channels: int, size: int, seed: int = 0) -> tuple:

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from gendistill.augment import DSA, cutmix
-from gendistill.preprocessing import Preprocessing, fit_zca
-from gendistill.seeding import make_generator
+from gendistill.data.preprocessing import Preprocessing, fit_zca
+from gendistill.nn.augment import DSA, cutmix
+from gendistill.utils.seeding import make_generator
 
 
 def _draw(dsa, family, n, size=16, seed=0):
@@ -130,7 +130,7 @@ def test_cutmix_mixes_boxes_and_returns_area_weight():
 
 # ------------------------------------------------------------------ DC augmentation (reference utils.augment)
 def test_dc_crop_is_a_shift_with_mean_fill_hand_computed():
-    from gendistill.augment import DCAugment
+    from gendistill.nn.augment import DCAugment
 
     x = torch.arange(16.0).view(1, 1, 4, 4)
     fill = torch.tensor([-1.0])
@@ -140,7 +140,7 @@ def test_dc_crop_is_a_shift_with_mean_fill_hand_computed():
 
 
 def test_dc_crop_shift_range_is_permutation_of_2crop_minus_crop():
-    from gendistill.augment import DCAugment
+    from gendistill.nn.augment import DCAugment
 
     shifts = DCAugment(crop=4).draw_crop(4000, make_generator(0))
     assert sorted(shifts.unique().tolist()) == list(range(-4, 4))  # [-4, 3], never +4
@@ -149,7 +149,7 @@ def test_dc_crop_shift_range_is_permutation_of_2crop_minus_crop():
 def test_dc_scale_nearest_resize_zero_fill_hand_computed():
     import torch.nn.functional as F
 
-    from gendistill.augment import DCAugment
+    from gendistill.nn.augment import DCAugment
 
     x = torch.arange(1.0, 17.0).view(1, 1, 4, 4)
     out = DCAugment.apply_scale(x, torch.tensor([[2, 2]]))  # 4x4 -> 2x2 nearest, centred on zeros
@@ -169,7 +169,7 @@ def test_dc_scale_nearest_resize_zero_fill_hand_computed():
 
 
 def test_dc_scale_sizes_cover_plus_minus_20_percent():
-    from gendistill.augment import DCAugment
+    from gendistill.nn.augment import DCAugment
 
     sizes = DCAugment(scale=0.2).draw_scale(5000, 28, 28, make_generator(0))
     assert sizes.min() == int(0.8 * 28) and sizes.max() == 33  # int(U(0.8, 1.2) * 28) in [22, 33]
@@ -179,7 +179,7 @@ def test_dc_rotate_integer_angles_cubic_mean_fill():
     import numpy as np
     from scipy.ndimage import rotate
 
-    from gendistill.augment import DCAugment
+    from gendistill.nn.augment import DCAugment
 
     angles = DCAugment(rotate=45).draw_angle(20000, make_generator(0))
     assert angles.dtype == torch.long and angles.min() == -45 and angles.max() == 44
@@ -196,7 +196,7 @@ def test_dc_rotate_integer_angles_cubic_mean_fill():
 
 
 def test_dc_augment_one_op_per_image_and_follows_generator():
-    from gendistill.augment import DCAugment
+    from gendistill.nn.augment import DCAugment
 
     x = torch.rand(64, 1, 16, 16)
     aug = DCAugment("crop_scale_rotate")
@@ -211,7 +211,7 @@ def test_dc_augment_one_op_per_image_and_follows_generator():
 
 # ------------------------------------------------------------------------- siamese DSA, family per group
 def test_siamese_draw_gives_each_class_group_its_own_family():
-    from gendistill.augment import GroupDraw
+    from gendistill.nn.augment import GroupDraw
 
     dsa = DSA("color_crop_cutout_flip_scale_rotate")
     g = make_generator(0)

@@ -6,16 +6,16 @@ import pytest
 import torch
 from test_registry import tiny_config
 
-from gendistill.augment import DSA, GroupDraw
-from gendistill.config import load_config
-from gendistill.methods import get_method
-from gendistill.nets import create_network
-from gendistill.pipeline import resolve_config
+from gendistill.nn.augment import DSA, GroupDraw
+from gendistill.nn.nets import create_network
+from gendistill.presets import resolve_config
+from gendistill.registry import get_method
 from gendistill.runs import RunDir
+from gendistill.utils.config import load_config
 
 
 def test_dc_distance_on_hand_made_gradients():
-    from baselines.matching import gradient_distance
+    from gendistill.baselines.matching import gradient_distance
 
     gs = {"w": torch.tensor([[1.0, 0.0], [0.0, 1.0]]), "b": torch.tensor([5.0, 5.0])}
     gr = {"w": torch.tensor([[2.0, 0.0], [1.0, 0.0]]), "b": torch.tensor([-5.0, 1.0])}
@@ -34,7 +34,7 @@ def test_dc_distance_on_hand_made_gradients():
 
 
 def test_per_class_gradients_loop_equals_vmap():
-    from baselines.matching import per_class_gradients
+    from gendistill.baselines.matching import per_class_gradients
 
     net = create_network("convnet_w8", 1, 3, 16, seed=0)
     params = {k: v.detach() for k, v in net.named_parameters()}
@@ -51,7 +51,7 @@ def test_per_class_gradients_loop_equals_vmap():
 
 
 def test_dm_loss_on_hand_made_features():
-    from baselines.dm import mean_embedding_loss
+    from gendistill.baselines.dm import mean_embedding_loss
 
     real = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 1.0], [0.0, 3.0]])  # class means (2, 0), (0, 2)
     syn = torch.tensor([[0.0, 0.0], [0.0, 2.0]])
@@ -59,7 +59,7 @@ def test_dm_loss_on_hand_made_features():
 
 
 def test_dd_hypergradient_matches_finite_differences():
-    from baselines.dd import unrolled_loss
+    from gendistill.baselines.dd import unrolled_loss
 
     torch.manual_seed(0)
     net = create_network("mlp", 1, 3, 4, seed=0, width=6).double()
@@ -162,7 +162,7 @@ def test_cpu_presets_exist_and_are_small(name):
 
 
 def test_dc_rejects_ipc_without_reference_loops(tiny_train):
-    from gendistill.errors import ConfigError
+    from gendistill.utils.errors import ConfigError
 
     cfg = load_config(get_method("dc").config_cls, {"iterations": 1})
     with pytest.raises(ConfigError, match="outer_loop"):

@@ -9,7 +9,7 @@ from gendistill.bench import runner
 from gendistill.bench.runner import collect_cells, robust_scores, run_bench
 from gendistill.bench.spec import load_spec, parse_spec
 from gendistill.cli import main
-from gendistill.errors import ConfigError
+from gendistill.utils.errors import ConfigError
 
 TINY_DM = {"name": "dm", "set": ["iterations=2", "batch_real=4", "model=convnet_w8"]}
 

@@ -16,8 +16,8 @@ from gendistill.bench.robust import (
     label_robust_score,
     normalise_score,
 )
-from gendistill.errors import ConfigError
-from gendistill.evaluation import PROTOCOLS
+from gendistill.evaluation.protocols import PROTOCOLS
+from gendistill.utils.errors import ConfigError
 
 EXTRA_PROTOCOLS = {"dd", "idc_imagenet"}
 
@@ -58,7 +58,7 @@ def test_entries_name_registered_methods_datasets_and_protocols(table):
 
 
 def test_entry_networks_build_in_our_registry(table):
-    from gendistill.nets import _CONVNET_RE, list_networks
+    from gendistill.nn.nets import _CONVNET_RE, list_networks
 
     known = set(list_networks())
     for net in {e.network for e in table.entries} | {f.network for f in table.full_dataset}:

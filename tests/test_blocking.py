@@ -7,9 +7,11 @@ import torch
 import torch.nn.functional as F
 from test_registry import tiny_config
 
-from baselines.cafe import real_class_means
-from baselines.matching import per_class_gradients
-from gendistill.blocking import (
+from gendistill.baselines.cafe import real_class_means
+from gendistill.baselines.matching import per_class_gradients
+from gendistill.evaluation.protocols import EvalProtocol
+from gendistill.evaluation.trainer import train_network
+from gendistill.nn.blocking import (
     block_rows,
     blocked_mean_backward,
     blocked_mean_grads,
@@ -17,10 +19,9 @@ from gendistill.blocking import (
     row_blocks,
     uses_batch_statistics,
 )
-from gendistill.evaluation import EvalProtocol, train_network
-from gendistill.methods import get_method
-from gendistill.nets import AvgPool2x2, create_network
-from gendistill.seeding import make_generator
+from gendistill.nn.nets import AvgPool2x2, create_network
+from gendistill.registry import get_method
+from gendistill.utils.seeding import make_generator
 
 
 @pytest.fixture

@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-import gendistill.buffers as buffers
-from gendistill.buffers import BufferRecipe, ExpertBuffer, expert_optimizer, train_buffers
+import gendistill.baselines.trajectory.buffers as buffers
+from gendistill.baselines.trajectory.buffers import BufferRecipe, ExpertBuffer, expert_optimizer, train_buffers
 from gendistill.cli import main
-from gendistill.data import RealDataset
-from gendistill.errors import GendistillError
-from gendistill.nets import create_network
-from gendistill.preprocessing import Preprocessing
-from gendistill.seeding import derive_seed
+from gendistill.data.datasets import RealDataset
+from gendistill.data.preprocessing import Preprocessing
+from gendistill.nn.nets import create_network
+from gendistill.utils.errors import GendistillError
+from gendistill.utils.seeding import derive_seed
 
 TINY = dict(model="convnet_w8", batch_size=32, progress=False)
 

@@ -137,7 +137,7 @@ def test_console_script_prints_no_traceback(tmp_path, data_env):
 
 def test_eval_hard_labels_of_a_soft_set(tmp_path, data_env, capsys, monkeypatch):
     """A soft-label set (DATM-style) is refused by a hard-label protocol, and `--hard-labels` evaluates its argmax."""
-    from gendistill.synset import SyntheticSet
+    from gendistill.synset.format import SyntheticSet
 
     monkeypatch.chdir(tmp_path)
     run_ok(["distill", "--method", "random", "--dataset", "mnist", "--ipc", "1", "--out", "X"], capsys)

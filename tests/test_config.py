@@ -2,8 +2,8 @@ import dataclasses
 
 import pytest
 
-from gendistill.config import load_config, parse_overrides
-from gendistill.errors import ConfigError
+from gendistill.utils.config import load_config, parse_overrides
+from gendistill.utils.errors import ConfigError
 
 
 @dataclasses.dataclass

@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import class_pattern_images, make_cifar10_root, make_mnist_root
 
-from gendistill.data import list_datasets, load_dataset, resolve_data_root
-from gendistill.errors import DatasetNotFoundError, GendistillError
-from gendistill.seeding import make_generator
+from gendistill.data.datasets import list_datasets, load_dataset, resolve_data_root
+from gendistill.utils.errors import DatasetNotFoundError, GendistillError
+from gendistill.utils.seeding import make_generator
 
 
 def test_registry_lists_all_datasets():
@@ -103,7 +103,7 @@ def test_imagefolder_with_and_without_val(tmp_path):
 
 
 def test_imagenet_subset_reads_class_list(tmp_path):
-    from gendistill.data import _subset_classes
+    from gendistill.data.datasets import _subset_classes
 
     wnids, names = _subset_classes("imagenette")
     assert len(wnids) == 10 and names[0] == "tench"

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from baselines.base import initial_images
-from baselines.datm import (
+from gendistill.baselines.base import initial_images
+from gendistill.baselines.trajectory.buffers import train_buffers
+from gendistill.baselines.trajectory.datm import (
     DATMConfig,
     DifficultyAlignedTrajectoryMatching,
     expert_logits,
@@ -16,15 +17,15 @@ from baselines.datm import (
     select_correctly_classified,
     soft_cross_entropy,
 )
-from baselines.mtt import FlatNetwork
-from gendistill.buffers import train_buffers
-from gendistill.data import RealDataset
-from gendistill.errors import ConfigError
-from gendistill.evaluation import default_protocol, evaluate
-from gendistill.nets import create_network
-from gendistill.preprocessing import Preprocessing
+from gendistill.baselines.trajectory.mtt import FlatNetwork
+from gendistill.data.datasets import RealDataset
+from gendistill.data.preprocessing import Preprocessing
+from gendistill.evaluation.evaluate import evaluate
+from gendistill.evaluation.protocols import default_protocol
+from gendistill.nn.nets import create_network
 from gendistill.runs import RunDir
-from gendistill.seeding import make_generator
+from gendistill.utils.errors import ConfigError
+from gendistill.utils.seeding import make_generator
 
 I3 = torch.eye(3)
 CYCLE = torch.tensor([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]])  # logits [x2, x0, x1]

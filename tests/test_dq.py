@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.dq import (
+from gendistill.baselines.dq import (
     DatasetQuantization,
     DQConfig,
     apportion,
@@ -20,8 +20,8 @@ from baselines.dq import (
     pixel_quantize,
     quantize_bins,
 )
-from gendistill.config import load_config
-from gendistill.errors import GendistillError
+from gendistill.utils.config import load_config
+from gendistill.utils.errors import GendistillError
 
 TINY = {"feature_model": "convnet_w8", "feature_epochs": 1}
 

@@ -3,10 +3,12 @@ import dataclasses
 import pytest
 import torch
 
-from gendistill.errors import GendistillError, NonFiniteLossError
-from gendistill.evaluation import PROTOCOLS, EvalProtocol, _lr_at, evaluate, get_protocol
-from gendistill.preprocessing import Preprocessing
-from gendistill.synset import SyntheticSet
+from gendistill.data.preprocessing import Preprocessing
+from gendistill.evaluation.evaluate import evaluate
+from gendistill.evaluation.protocols import PROTOCOLS, EvalProtocol, get_protocol
+from gendistill.evaluation.trainer import _lr_at
+from gendistill.synset.format import SyntheticSet
+from gendistill.utils.errors import GendistillError, NonFiniteLossError
 
 
 def _synset(train, per_class=3, **kw):
@@ -39,10 +41,10 @@ def test_step_schedule_follows_reference_off_by_one():
 def test_batched_ensemble_equals_sequential_runs(tiny_train, tiny_test):
     import copy
 
-    from gendistill.augment import DSA
-    from gendistill.evaluation import _Trainer
-    from gendistill.nets import create_network
-    from gendistill.seeding import make_generator
+    from gendistill.evaluation.trainer import _Trainer
+    from gendistill.nn.augment import DSA
+    from gendistill.nn.nets import create_network
+    from gendistill.utils.seeding import make_generator
 
     syn = _synset(tiny_train)
     proto = dataclasses.replace(TINY, epochs=3, dsa_strategy="color_crop_scale", cutmix_prob=0.5)

@@ -9,18 +9,18 @@ import torch
 from test_registry import tiny_config
 
 from gendistill.cli import main
-from gendistill.data import RealDataset
-from gendistill.evaluation import (
+from gendistill.data.datasets import RealDataset
+from gendistill.evaluation.evaluate import evaluate
+from gendistill.evaluation.protocols import (
     PROTOCOLS,
     EvalProtocol,
     dc_augmentation_for,
     default_protocol,
-    evaluate,
     get_protocol,
     resolve_protocol,
 )
-from gendistill.methods import get_method, list_methods
-from gendistill.synset import SyntheticSet
+from gendistill.registry import get_method, list_methods
+from gendistill.synset.format import SyntheticSet
 
 
 def _renamed(ds: RealDataset, name: str, flip_ok: bool = True) -> RealDataset:
@@ -82,7 +82,7 @@ def test_default_protocol_is_the_methods_own(name, tiny_train):
     info = get_method(name)
     if name in EXPECTED_DEFAULTS:
         assert info.default_eval == EXPECTED_DEFAULTS[name]
-    from gendistill.evaluation import CUSTOM_EVALUATORS
+    from gendistill.evaluation.protocols import CUSTOM_EVALUATORS
 
     assert info.default_eval in PROTOCOLS or info.default_eval in CUSTOM_EVALUATORS
     assert default_protocol(_synset(tiny_train, method=name)) == info.default_eval
@@ -99,7 +99,7 @@ def test_evaluate_without_protocol_uses_the_method_default(tiny_train, tiny_test
 # ------------------------------------------------------------------------------------------------- CAFE
 def test_cafe_updates_images_against_a_network_in_training(tiny_train, monkeypatch):
     """distill.py's order: update -> (stable? stop) -> train epochs until fluctuation -> update -> ..."""
-    from baselines.cafe import CAFE
+    from gendistill.baselines.cafe import CAFE
 
     events = []
     accs = iter([0.1, 0.5, 0.1, 0.5, 0.1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5] * 10)
@@ -129,7 +129,7 @@ def test_cafe_updates_images_against_a_network_in_training(tiny_train, monkeypat
 
 
 def test_cafe_iterations_count_outer_iterations_and_lr_milestones(tiny_train):
-    from baselines.cafe import CAFE
+    from gendistill.baselines.cafe import CAFE
 
     cfg = dataclasses.replace(tiny_config("cafe"), iterations=3, max_outer=2, max_inner=1, milestones=(1, 2))
     method = CAFE(cfg)
@@ -140,7 +140,7 @@ def test_cafe_iterations_count_outer_iterations_and_lr_milestones(tiny_train):
 
 # --------------------------------------------------------------------------------------------------- DD
 def test_dd_real_batches_are_epoch_permutations_and_steplr_steps_first(tiny_train):
-    from baselines.dd import DatasetDistillation
+    from gendistill.baselines.dd import DatasetDistillation
 
     cfg = dataclasses.replace(tiny_config("dd"), iterations=0, epochs=3, batch_real=50, decay_epochs=1,
                               lr_img=0.01)
@@ -158,7 +158,7 @@ def test_dd_real_batches_are_epoch_permutations_and_steplr_steps_first(tiny_trai
 
 
 def test_dd_networks_use_xavier_init(tiny_train):
-    from baselines.dd import DatasetDistillation, dd_network
+    from gendistill.baselines.dd import DatasetDistillation, dd_network
 
     net = dd_network("lenet", 1, 10, 28, seed=0)
     for m in net.modules():
@@ -172,8 +172,8 @@ def test_dd_networks_use_xavier_init(tiny_train):
 
 # ------------------------------------------------------------------------------------------- DC with BN
 def test_dc_with_batchnorm_freezes_statistics_from_real_images(tiny_train, monkeypatch):
-    from baselines import dc
-    from baselines.dc import GradientMatching, freeze_batchnorm_statistics
+    from gendistill.baselines import dc
+    from gendistill.baselines.dc import GradientMatching, freeze_batchnorm_statistics
 
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
     gen = torch.Generator().manual_seed(0)
@@ -255,8 +255,8 @@ def test_explicit_epochs_survive_the_per_dataset_rule():
 
 
 def test_effective_budget_resolves_automatic_values(tiny_train):
-    from gendistill.data import DatasetSplits
-    from gendistill.pipeline import preset_reductions, resolve_config
+    from gendistill.data.datasets import DatasetSplits
+    from gendistill.presets import preset_reductions, resolve_config
 
     splits = DatasetSplits(_renamed(tiny_train, "mnist"), _renamed(tiny_train, "mnist"))
     dc = resolve_config("dc", "mnist", 10, overrides=["outer_loop=10", "inner_loop=50"])

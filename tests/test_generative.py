@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from gendistill.errors import CheckpointError, ConfigError
 from gendistill.generative.backbone import (
     Backbone,
     DiffFitDiT,
@@ -25,6 +24,7 @@ from gendistill.generative.memory import ClassMemory, MinimaxMemories, minimax_l
 from gendistill.generative.method import MinimaxConfig, generate, new_backbone, resolve_class_ids
 from gendistill.generative.sample import image_seeds, sample_images
 from gendistill.generative.train import latest_checkpoint, train_backbone
+from gendistill.utils.errors import CheckpointError, ConfigError
 
 TINY = dict(arch="custom-D2-W16-H2/4", pretrain_steps=2, pretrain_batch_size=8, finetune_steps=2, batch_size=4,
             sample_steps=3, sample_batch_size=8, checkpoint_every=0, log_every=1, cfg_scale=2.0)
@@ -250,7 +250,7 @@ def test_bad_model_sources_give_one_line_errors(tmp_path, monkeypatch):
 
 
 def test_class_ids_map_imagenet_wnids(tiny_train):
-    from gendistill.data import _subset_classes
+    from gendistill.data.datasets import _subset_classes
 
     bb = tiny_backbone()
     assert torch.equal(resolve_class_ids(bb, tiny_train), torch.arange(10))
@@ -383,8 +383,8 @@ def test_two_process_finetune_matches_one_process(tmp_path):
 
 
 def test_pretrain_finetune_sample_evaluate_end_to_end(tiny_train, tiny_test, tmp_path):
-    from gendistill.evaluation import evaluate
-    from gendistill.methods import get_method
+    from gendistill.evaluation.evaluate import evaluate
+    from gendistill.registry import get_method
     from gendistill.runs import RunDir
 
     config = MinimaxConfig(**TINY)
@@ -416,7 +416,7 @@ def test_commands_end_to_end(tmp_path, monkeypatch):
     from conftest import make_mnist_root
 
     from gendistill.cli import main
-    from gendistill.synset import SyntheticSet
+    from gendistill.synset.format import SyntheticSet
 
     root = make_mnist_root(tmp_path / "data", n_per_class=4)
     sets = [f"{k}={v}" for k, v in {**TINY, "arch": "custom-D2-W16-H2/4"}.items()]
@@ -456,8 +456,8 @@ def test_bfloat16_mixed_precision_finetune_step_is_finite(tiny_train, tmp_path):
 def test_latent_space_finetune_and_sample(tmp_path):
     from conftest import class_pattern_images
 
-    from gendistill.data import RealDataset
-    from gendistill.preprocessing import Preprocessing
+    from gendistill.data.datasets import RealDataset
+    from gendistill.data.preprocessing import Preprocessing
 
     x, y = class_pattern_images(4, 10, 3, 16)
     rgb = RealDataset(torch.from_numpy(x), torch.from_numpy(y), [f"c{i}" for i in range(10)],
@@ -526,7 +526,7 @@ def test_centred_cosine_removes_a_shared_offset():
 
 
 def test_imagenet_subset_presets_ask_for_256_px_and_explicit_resolution_wins():
-    from gendistill.pipeline import preferred_resolution
+    from gendistill.presets import preferred_resolution
 
     for method in ("minimax", "dit"):
         for ds in ("imagenette", "imagewoof", "imageidc"):
@@ -537,8 +537,8 @@ def test_imagenet_subset_presets_ask_for_256_px_and_explicit_resolution_wins():
 
 
 def test_feature_space_minimax_embeds_decoded_predictions_with_gradient(tiny_train, tmp_path):
-    from gendistill.errors import ConfigError
     from gendistill.generative.train import _minimax_space
+    from gendistill.utils.errors import ConfigError
 
     backbone = tiny_backbone()
     spec = MinimaxConfig(**{**TINY, "minimax_space": "feature"}).train_spec("finetune")

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines.idc import (
+from gendistill.baselines.idc import (
     IDCConfig,
     IDCDistiller,
     idc_distance,
@@ -16,14 +16,16 @@ from baselines.idc import (
     sequential_class_sgd,
     tune_lr_img,
 )
-from gendistill.augment import DrawSequence, IDCAugment
-from gendistill.decoders import decode, multiformation, normalised_grey
-from gendistill.evaluation import PROTOCOLS, _lr_at, evaluate, resolve_protocol
-from gendistill.nets import create_network
-from gendistill.preprocessing import Preprocessing
+from gendistill.data.preprocessing import Preprocessing
+from gendistill.evaluation.evaluate import evaluate
+from gendistill.evaluation.protocols import PROTOCOLS, resolve_protocol
+from gendistill.evaluation.trainer import _lr_at
+from gendistill.nn.augment import DrawSequence, IDCAugment
+from gendistill.nn.nets import create_network
 from gendistill.runs import RunDir
-from gendistill.seeding import make_generator
-from gendistill.synset import SyntheticSet
+from gendistill.synset.decoders import decode, multiformation, normalised_grey
+from gendistill.synset.format import SyntheticSet
+from gendistill.utils.seeding import make_generator
 
 PRE = Preprocessing((0.2,), (0.3,))
 TINY = {"iterations": 2, "inner_loop": 2, "model": "convnet_w8", "batch_real": 4, "n_data": 8, "lr_img": 0.05}

@@ -8,7 +8,12 @@ import torch
 import torch.nn.functional as F
 from conftest import class_pattern_images
 
-from gendistill.augment import (
+from gendistill.data.datasets import IMAGENET_STATS, RealDataset
+from gendistill.data.preprocessing import Preprocessing
+from gendistill.evaluation.evaluate import evaluate
+from gendistill.evaluation.protocols import get_protocol, ipc_epoch, resolve_protocol
+from gendistill.evaluation.trainer import _Trainer
+from gendistill.nn.augment import (
     IMAGENET_PCA_EIGVAL,
     IMAGENET_PCA_EIGVEC,
     ImageNetAugment,
@@ -17,11 +22,8 @@ from gendistill.augment import (
     random_resized_crop_boxes,
     resized_crop,
 )
-from gendistill.data import IMAGENET_STATS, RealDataset
-from gendistill.errors import GendistillError
-from gendistill.evaluation import _Trainer, evaluate, get_protocol, ipc_epoch, resolve_protocol
-from gendistill.preprocessing import Preprocessing
-from gendistill.synset import SyntheticSet
+from gendistill.synset.format import SyntheticSet
+from gendistill.utils.errors import GendistillError
 
 
 def _resolved(ipc: int, num_classes: int = 10, **overrides):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from gendistill.kernels import (
+from gendistill.baselines.kip.kernels import (
     conv_kernel,
     conv_network,
     empirical_ntk,
@@ -15,6 +15,7 @@ from gendistill.kernels import (
     krr_predict,
     label_solve,
 )
+from gendistill.synset.interop import import_kip_npz
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -156,7 +157,7 @@ def test_banded_conv_kernel_gradient_is_the_dense_derivative(depth, pre_conv, si
 
 
 def test_banded_conv_kernel_tiles_do_not_change_the_result(monkeypatch):
-    import gendistill.kernels as kernels
+    import gendistill.baselines.kip.kernels as kernels
 
     g = torch.Generator().manual_seed(6)
     a, b = torch.randn(5, 1, 8, 8, generator=g, dtype=torch.float64), torch.randn(3, 1, 8, 8, generator=g,
@@ -221,7 +222,7 @@ def test_kip_loss_gradient_matches_finite_differences(arch):
 
 
 def test_kip_distills_lowers_its_loss_and_learns_labels(tiny_train):
-    from gendistill.methods import get_method
+    from gendistill.registry import get_method
 
     info = get_method("kip")
     cfg = info.config_cls(iterations=25, batch_real=6, learn_labels=True, lr_img=0.04)
@@ -239,9 +240,9 @@ def test_kip_distills_lowers_its_loss_and_learns_labels(tiny_train):
 
 
 def test_krr_evaluator_is_kernel_regression_on_the_test_split(tiny_train, tiny_test):
-    from baselines.kip import centred_one_hot
-    from gendistill.evaluation import evaluate
-    from gendistill.methods import get_method
+    from gendistill.baselines.kip.method import centred_one_hot
+    from gendistill.evaluation.evaluate import evaluate
+    from gendistill.registry import get_method
 
     info = get_method("kip")
     syn = info.cls(info.config_cls(iterations=3, batch_real=4)).distill(tiny_train, 2, seed=0, progress=False)
@@ -263,7 +264,6 @@ def _kip_file(path, images_nchw, labels):
 
 
 def test_kip_npz_import_maps_kip_standardisation_to_the_dataset_space(tmp_path, tiny_train):
-    from gendistill.synset import SyntheticSet
 
     px = tiny_train.pixels.double() / 255
     mean, std = px.mean(), px.std(unbiased=False)  # KIP: per-channel mean / population std of the train split
@@ -273,7 +273,7 @@ def test_kip_npz_import_maps_kip_standardisation_to_the_dataset_space(tmp_path, 
     spec = (tiny_train.class_names, tiny_train.preprocessing)
     _kip_file(tmp_path / "kip_tiny_ConvNet3_ssize20_nozca_nol_noaug_ckpt1000.npz", kip_space,
               torch.nn.functional.one_hot(hard, 10).double() - 0.1)
-    syn = SyntheticSet.from_kip_npz(tmp_path / "kip_tiny_ConvNet3_ssize20_nozca_nol_noaug_ckpt1000.npz", spec,
+    syn = import_kip_npz(tmp_path / "kip_tiny_ConvNet3_ssize20_nozca_nol_noaug_ckpt1000.npz", spec,
                                     train_pixels=tiny_train.pixels)
     assert torch.allclose(syn.images, tiny_train.images(idx), atol=1e-5)
     assert torch.equal(syn.labels, hard) and not syn.soft
@@ -282,30 +282,29 @@ def test_kip_npz_import_maps_kip_standardisation_to_the_dataset_space(tmp_path, 
     learned[0, 3] += 0.2
     np.savez(tmp_path / "ConvNet_ssize20_nozca_l_aug_ckpt5.npz", support_images=kip_space.numpy(),
              support_labels=learned.numpy())  # NCHW and the support_* keys are accepted too
-    soft = SyntheticSet.from_kip_npz(tmp_path / "ConvNet_ssize20_nozca_l_aug_ckpt5.npz", spec)
+    soft = import_kip_npz(tmp_path / "ConvNet_ssize20_nozca_l_aug_ckpt5.npz", spec)
     assert soft.soft and torch.allclose(soft.labels.double(), learned, atol=1e-6)
     assert soft.meta["kip_kernel"]["pre_conv"] is True
     assert torch.allclose(soft.images.double(), kip_space, atol=1e-6)  # no train pixels: taken as they are
 
 
 def test_kip_npz_import_errors(tmp_path, tiny_train):
-    from gendistill.errors import SynsetFormatError
-    from gendistill.synset import SyntheticSet
+    from gendistill.utils.errors import SynsetFormatError
 
     spec = (tiny_train.class_names, tiny_train.preprocessing)
     np.savez(tmp_path / "bad.npz", pictures=np.zeros((2, 16, 16, 1)))
     with pytest.raises(SynsetFormatError, match="keys 'images' and 'labels'"):
-        SyntheticSet.from_kip_npz(tmp_path / "bad.npz", spec)
+        import_kip_npz(tmp_path / "bad.npz", spec)
     _kip_file(tmp_path / "ConvNet3_ssize10_zca_nol.npz", torch.zeros(10, 1, 16, 16), torch.eye(10))
     with pytest.raises(SynsetFormatError, match="--zca kip"):
-        SyntheticSet.from_kip_npz(tmp_path / "ConvNet3_ssize10_zca_nol.npz", spec)
+        import_kip_npz(tmp_path / "ConvNet3_ssize10_zca_nol.npz", spec)
 
 
 def test_cli_imports_a_kip_npz(tmp_path, data_env, capsys):
     from test_cli import run_ok
 
-    from gendistill.data import load_dataset
-    from gendistill.synset import SyntheticSet
+    from gendistill.data.datasets import load_dataset
+    from gendistill.synset.format import SyntheticSet
 
     train = load_dataset("mnist").train
     px = train.pixels[:10].double() / 255

@@ -7,9 +7,15 @@ import statistics
 import pytest
 import torch
 
-from gendistill.features import FeatureSpec, reference_network
-from gendistill.metrics import frechet_distance, mean_pairwise_distance, minimax_quantities, prdc, set_quality
-from gendistill.synset import SyntheticSet
+from gendistill.evaluation.features import FeatureSpec, reference_network
+from gendistill.evaluation.metrics import (
+    frechet_distance,
+    mean_pairwise_distance,
+    minimax_quantities,
+    prdc,
+    set_quality,
+)
+from gendistill.synset.format import SyntheticSet
 
 TINY_SPEC = FeatureSpec(model="convnet_w8", epochs=1)
 
@@ -89,7 +95,7 @@ def test_report_accepts_soft_labels(tiny_train, tmp_path):
 def test_reference_network_is_cached_on_disk(tiny_train, tmp_path):
     net, rec = reference_network(tiny_train, spec=TINY_SPEC, cache_dir=tmp_path / "c")
     assert "trained, saved" in rec["cache"]
-    from gendistill import features
+    from gendistill.evaluation import features
 
     features._MEMORY.clear()
     net2, rec2 = reference_network(tiny_train, spec=TINY_SPEC, cache_dir=tmp_path / "c")
@@ -134,8 +140,8 @@ def test_distill_metrics_flag_fills_the_result_table(data_env, tmp_path, capsys)
 def test_reference_cache_goes_next_to_the_data_or_to_the_user_cache_when_read_only(data_env, tmp_path):
     import os
 
-    from gendistill.data import load_dataset
-    from gendistill.features import default_cache_dir
+    from gendistill.data.datasets import load_dataset
+    from gendistill.evaluation.features import default_cache_dir
 
     train = load_dataset("mnist").train
     assert default_cache_dir(train) == data_env / ".gendistill_cache" / "features"

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines.mtt import (
+from gendistill.baselines.trajectory.buffers import train_buffers
+from gendistill.baselines.trajectory.mtt import (
     FlatNetwork,
     MatchingTrainingTrajectories,
     MTTConfig,
@@ -15,13 +16,12 @@ from baselines.mtt import (
     tesla_matching_loss,
     unrolled_matching_loss,
 )
-from gendistill.augment import DSA
-from gendistill.buffers import train_buffers
-from gendistill.errors import CheckpointError, ConfigError, GendistillError
-from gendistill.evaluation import default_protocol
-from gendistill.nets import create_network
+from gendistill.evaluation.protocols import default_protocol
+from gendistill.nn.augment import DSA
+from gendistill.nn.nets import create_network
 from gendistill.runs import RunDir
-from gendistill.seeding import derive_seed, make_generator
+from gendistill.utils.errors import CheckpointError, ConfigError, GendistillError
+from gendistill.utils.seeding import derive_seed, make_generator
 
 TINY = dict(iterations=2, syn_steps=2, expert_epochs=1, max_start_epoch=1, buffer_experts=1, buffer_epochs=2,
             buffer_batch=32, model="convnet_w8")
@@ -218,7 +218,7 @@ def test_bad_step_settings_are_refused_in_one_line(tiny_train, key, value):
 
 def test_cli_distill_with_the_cpu_preset_trains_experts_in_the_run(tmp_path, data_env, capsys):
     from gendistill.cli import main
-    from gendistill.synset import SyntheticSet
+    from gendistill.synset.format import SyntheticSet
 
     out = tmp_path / "run"
     tiny = ["iterations=2", "model=convnet_w8", "buffer_experts=1", "buffer_epochs=2", "buffer_images_per_class=2",

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from gendistill.errors import GendistillError, NetworkInputError
-from gendistill.nets import ConvNet, create_network, list_networks
+from gendistill.nn.nets import ConvNet, create_network, list_networks
+from gendistill.utils.errors import GendistillError, NetworkInputError
 
 
 def test_convnet3_matches_reference_structure():
@@ -65,8 +65,8 @@ def test_alexcifarnet_matches_dd_reference_layout():
 
 
 def test_xavier_init_has_dd_statistics():
-    from gendistill.nets import xavier_init_
-    from gendistill.seeding import seeded
+    from gendistill.nn.nets import xavier_init_
+    from gendistill.utils.seeding import seeded
 
     net = create_network("lenet", 1, 10, 28)
     with seeded(0):

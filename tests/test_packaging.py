@@ -13,20 +13,21 @@ from pathlib import Path
 import pytest
 
 import gendistill
-from gendistill.errors import ConfigError
-from gendistill.pipeline import config_root, config_roots, preset_file, resolve_config
+from gendistill.presets import config_root, config_roots, preset_file, resolve_config
+from gendistill.utils.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_presets_resolve_from_the_packaged_folder():
-    packaged = Path(gendistill.__file__).resolve().parent / "configs"
-    assert config_root() == packaged and config_roots() == [packaged]
-    assert preset_file("dm", "mnist", 10, None) == packaged / "dm" / "mnist_ipc10.yaml"
+def test_presets_resolve_from_the_top_level_configs_folder():
+    """The editable install reads the repository's configs/ itself (edits apply at once), as gendistill.configs."""
+    packaged = REPO / "configs"
+    assert config_root().resolve() == packaged and config_roots() == [config_root()]
+    assert preset_file("dm", "mnist", 10, None).resolve() == packaged / "dm" / "mnist_ipc10.yaml"
     assert resolve_config("dm", "mnist", 10).iterations == 20000
-    assert preset_file("dm", "mnist", 10, "cpu") == packaged / "dm" / "cpu.yaml"
+    assert preset_file("dm", "mnist", 10, "cpu").resolve() == packaged / "dm" / "cpu.yaml"
     assert resolve_config("dm", "mnist", 10, preset="cpu").iterations == 300
-    assert not (REPO / "configs").exists()  # moved into the package, no second copy to drift
+    assert not (REPO / "gendistill" / "configs").exists()  # one copy only, no second one to drift
 
 
 def test_user_folders_override_and_extend_the_packaged_presets(tmp_path, monkeypatch):
@@ -98,18 +99,26 @@ def test_wheel_ships_the_presets(tmp_path):
                               str(site), str(wheel)], env=env, cwd=tmp_path, capture_output=True, text=True,
                              timeout=300)
     assert install.returncode == 0, install.stdout + install.stderr
-    assert _preset_files(site / "gendistill" / "configs") == _preset_files(REPO / "gendistill" / "configs")
+    shipped = [f for f in _preset_files(site / "gendistill" / "configs") if not f.endswith((".pyc", "__init__.py"))]
+    assert shipped == [f for f in _preset_files(REPO / "configs") if not f.endswith((".pyc", "__init__.py"))]
+    assert (site / "gendistill" / "baselines" / "dm.py").is_file()  # the top-level baselines/, as gendistill.baselines
+    assert (site / "gendistill" / "baselines" / "trajectory" / "mtt.py").is_file()
+    assert not (site / "baselines").exists()  # no top-level `baselines` package to collide with another one
 
     check = textwrap.dedent(f"""
         from pathlib import Path
         import gendistill
-        from gendistill.pipeline import preset_file, resolve_config
+        from gendistill.presets import preset_file, resolve_config
+        from gendistill.registry import get_method
 
         site = Path({str(site)!r}).resolve()
         assert Path(gendistill.__file__).resolve().is_relative_to(site), gendistill.__file__
         assert resolve_config("dm", "mnist", 10).iterations == 20000
         assert preset_file("cafe", "mnist", 10, "cpu").resolve().is_relative_to(site)
         assert resolve_config("cafe", "mnist", 10, preset="cpu").iterations == 4
+        assert Path(get_method("dm").cls.__module__ and __import__("gendistill.baselines.dm").__file__).resolve()
+        import gendistill.baselines.dm as dm
+        assert Path(dm.__file__).resolve().is_relative_to(site), dm.__file__
         print("ok")
     """)
     run = subprocess.run([sys.executable, "-c", check], env={**env, "PYTHONPATH": str(site)}, cwd=elsewhere,

@@ -5,11 +5,12 @@ import dataclasses
 import pytest
 import torch
 
-from gendistill.config import load_config
-from gendistill.errors import CheckpointError, GendistillError, NonFiniteLossError
-from gendistill.methods import _METHODS, IterativeDistiller, get_method, list_methods, register_method
+from gendistill.distiller import IterativeDistiller
+from gendistill.registry import _METHODS, get_method, list_methods, register_method
 from gendistill.runs import RunDir
-from gendistill.synset import SyntheticSet
+from gendistill.synset.format import SyntheticSet
+from gendistill.utils.config import load_config
+from gendistill.utils.errors import CheckpointError, GendistillError, NonFiniteLossError
 
 # Settings that make every method run in seconds on the tiny dataset (unknown keys are ignored per method).
 TINY_OVERRIDES = {
@@ -55,7 +56,7 @@ def test_selection_methods_pick_real_images_of_the_right_class(tiny_train):
 
 
 def test_herding_matches_greedy_mean_definition():
-    from gendistill.coreset import Herding
+    from gendistill.methods.coreset import Herding
 
     feats = torch.tensor([[0.0], [10.0], [4.0], [6.0], [5.2]])
     picks = Herding.select(None, feats, 3, torch.Generator()).tolist()

@@ -3,9 +3,10 @@ import json
 import pytest
 import torch
 
-from gendistill.errors import SynsetFormatError
-from gendistill.preprocessing import Preprocessing, fit_zca
-from gendistill.synset import SyntheticSet
+from gendistill.data.preprocessing import Preprocessing, fit_zca
+from gendistill.synset.format import SyntheticSet
+from gendistill.synset.interop import import_dc_pt, import_mtt_dir
+from gendistill.utils.errors import SynsetFormatError
 
 
 def _syn(n_per_class=2, soft=False, zca=None):
@@ -100,7 +101,7 @@ def test_import_dc_res_pt(tmp_path):
     x, y = torch.randn(10, 1, 8, 8), torch.arange(10)
     torch.save({"data": [[x, y]], "accs_all_exps": {"ConvNet": [0.5]}}, tmp_path / "res_DC_MNIST_ConvNet_1ipc.pt")
     spec = ([str(i) for i in range(10)], Preprocessing((0.1307,), (0.3081,)))
-    syn = SyntheticSet.from_dc_pt(tmp_path / "res_DC_MNIST_ConvNet_1ipc.pt", spec)
+    syn = import_dc_pt(tmp_path / "res_DC_MNIST_ConvNet_1ipc.pt", spec)
     assert torch.equal(syn.images, x) and syn.meta["method"] == "dc"
 
 
@@ -111,8 +112,8 @@ def test_import_refuses_pickled_objects_unless_trusted(tmp_path):
     torch.save({"data": [[x, y]], "accs": np.float64(0.5), "obj": np.dtype("float32")}, tmp_path / "res.pt")
     spec = ([str(i) for i in range(10)], Preprocessing((0.1307,), (0.3081,)))
     with pytest.raises(SynsetFormatError, match="trust-pickle"):
-        SyntheticSet.from_dc_pt(tmp_path / "res.pt", spec)
-    assert len(SyntheticSet.from_dc_pt(tmp_path / "res.pt", spec, trust_pickle=True)) == 10
+        import_dc_pt(tmp_path / "res.pt", spec)
+    assert len(import_dc_pt(tmp_path / "res.pt", spec, trust_pickle=True)) == 10
 
 
 def test_import_mtt_dir(tmp_path):
@@ -121,13 +122,13 @@ def test_import_mtt_dir(tmp_path):
     torch.save(y, tmp_path / "labels_best.pt")
     torch.save(torch.tensor(0.0123), tmp_path / "lr_best.pt")
     spec = ([str(i) for i in range(10)], Preprocessing((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)))
-    syn = SyntheticSet.from_mtt_dir(tmp_path, spec)
+    syn = import_mtt_dir(tmp_path, spec)
     assert syn.lr == pytest.approx(0.0123) and syn.ipc == 2
     torch.save(torch.randn(20, 10), tmp_path / "labels_best.pt")  # DATM soft labels
-    assert SyntheticSet.from_mtt_dir(tmp_path, spec, method="datm").soft
+    assert import_mtt_dir(tmp_path, spec, method="datm").soft
     (tmp_path / "images_best.pt").write_bytes(b"garbage")
     with pytest.raises(SynsetFormatError):
-        SyntheticSet.from_mtt_dir(tmp_path, spec)
+        import_mtt_dir(tmp_path, spec)
 
 
 def test_with_hard_labels_takes_the_argmax_and_records_it():

@@ -25,8 +25,8 @@ def err(args, capsys, code=2):
 
 # ------------------------------------------------------------------------------------------------- threads
 def test_threads_flag_env_and_default(monkeypatch):
-    from gendistill.errors import ConfigError
-    from gendistill.threads import apply_threads, default_threads, resolve_threads
+    from gendistill.utils.errors import ConfigError
+    from gendistill.utils.threads import apply_threads, default_threads, resolve_threads
 
     before = torch.get_num_threads()
     try:
@@ -59,7 +59,7 @@ def test_global_flags_after_the_subcommand_and_threads_recorded(tmp_path, data_e
 
 # ------------------------------------------------------------------------------------------------ progress
 def test_feature_network_training_and_embedding_show_progress(tiny_train, capsys):
-    from gendistill.coreset import CoresetConfig, Herding
+    from gendistill.methods.coreset import CoresetConfig, Herding
 
     Herding(CoresetConfig(feature_model="convnet_w8", feature_epochs=1)).distill(tiny_train, 1, progress=True)
     text = capsys.readouterr().err
@@ -69,8 +69,8 @@ def test_feature_network_training_and_embedding_show_progress(tiny_train, capsys
 
 
 def test_eval_progress_counts_passes_and_test_subset_is_labelled(tiny_train, tiny_test, capsys):
-    from gendistill.evaluation import evaluate
-    from gendistill.synset import SyntheticSet
+    from gendistill.evaluation.evaluate import evaluate
+    from gendistill.synset.format import SyntheticSet
 
     idx = tiny_train.sample_indices(2, torch.Generator().manual_seed(0)).reshape(-1)
     syn = SyntheticSet(tiny_train.images(idx), tiny_train.labels[idx], tiny_train.class_names,
@@ -108,14 +108,16 @@ def test_budget_lowering_override_marks_the_set_reduced(tmp_path, data_env, caps
     assert meta["preset"] == "paper" and meta["reduced_budget"]
     assert meta["overrides"] == ["iterations=2", "batch_real=4", "model=convnet_w8"]
     assert any(r.startswith("iterations 2 < 20000") for r in meta["budget_reductions"])
-    from gendistill.pipeline import budget_reductions
+    from gendistill.presets import budget_reductions
 
     class C:
         def __init__(self, **kw):
             self.__dict__.update(kw)
 
-    assert budget_reductions(C(iterations=0, max_outer=5), C(iterations=0, max_outer=0)) == ["max_outer 5 (full: 0)"]
-    assert budget_reductions(C(iterations=30000), C(iterations=20000)) == []
+    zero_is_full = {"iterations": True, "max_outer": True}
+    assert budget_reductions(C(iterations=0, max_outer=5), C(iterations=0, max_outer=0), zero_is_full) == \
+        ["max_outer 5 (full: 0)"]
+    assert budget_reductions(C(iterations=30000), C(iterations=20000), zero_is_full) == []
 
 
 def test_failed_distill_leaves_no_stray_folder(tmp_path, data_env, capsys):
@@ -128,7 +130,7 @@ def test_failed_distill_leaves_no_stray_folder(tmp_path, data_env, capsys):
 def test_imagefolder_export_sorts_in_label_order_and_round_trips(tmp_path, data_env, capsys):
     import torchvision
 
-    from gendistill.synset import SyntheticSet
+    from gendistill.synset.format import SyntheticSet
 
     ok(["distill", "--method", "random", "--dataset", "mnist", "--ipc", "2", "--out", str(tmp_path / "r")], capsys)
     ok(["export", "--synset", str(tmp_path / "r"), "--out", str(tmp_path / "png")], capsys)
@@ -211,8 +213,8 @@ def test_resume_with_only_out_continues_the_recorded_run(tmp_path, data_env, cap
 def test_resume_accepts_options_a_newer_version_added_at_their_defaults_only(tmp_path):
     """A run saved before an option existed resumes when the new option sits at its default (the old behaviour);
     a new option at another value (e.g. from a preset) or a changed value is refused."""
-    from gendistill.errors import GendistillError
     from gendistill.runs import RunDir
+    from gendistill.utils.errors import GendistillError
 
     def resume(config: dict) -> None:
         RunDir(tmp_path / "r", resume=True, progress=False).write_config(
@@ -271,9 +273,12 @@ def test_example_script_runs(tmp_path, data_env):
     assert "protocol dc (default of method herding)" in proc.stdout
 
 
-def test_passive_omp_wait_policy_is_the_default_unless_set():
-    code = "import os, gendistill; print(os.environ['OMP_WAIT_POLICY'])"
+def test_passive_omp_wait_policy_is_the_cli_default_unless_set_and_import_changes_nothing():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    plain = "import os, sys, gendistill; gendistill.evaluate; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
+    out = subprocess.run([sys.executable, "-c", plain], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "unset", out.stderr  # a library import leaves the process environment alone
+    code = "import os, gendistill.cli; print(os.environ['OMP_WAIT_POLICY'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "PASSIVE"
     out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},

@@ -21,8 +21,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..config import from_dict, read_yaml
-from ..errors import ConfigError
+from gendistill.utils.config import from_dict, read_yaml
+from gendistill.utils.errors import ConfigError
 
 __all__ = ["FullDatasetEntry", "PublishedEntry", "PublishedTable", "load_published"]
 

@@ -28,10 +28,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_json
-from ..errors import ConfigError, GendistillError
-from ..resources import peak_memory_mb
-from .spec import BenchSpec, DistillCell, EvalCell, parse_spec
+from gendistill.bench.spec import BenchSpec, DistillCell, EvalCell, parse_spec
+from gendistill.utils.atomic import atomic_json
+from gendistill.utils.errors import ConfigError, GendistillError
+from gendistill.utils.resources import peak_memory_mb
 
 __all__ = ["collect_cells", "robust_scores", "run_bench", "run_distill_cell"]
 
@@ -55,9 +55,9 @@ def run_distill_cell(spec_dict: dict[str, Any], cell_index: int, out: str, data_
 
     Takes plain arguments so that it can run as a Ray task on another worker.
     """
-    from ..data import load_dataset
-    from ..pipeline import distill
-    from ..synset import SyntheticSet
+    from gendistill.data.datasets import load_dataset
+    from gendistill.pipeline import distill
+    from gendistill.synset.format import SyntheticSet
 
     spec = parse_spec(spec_dict)  # validated by the caller already: an error here is a bug, not a cell failure
     cell = spec.distill_cells()[cell_index]
@@ -95,7 +95,7 @@ def run_distill_cell(spec_dict: dict[str, Any], cell_index: int, out: str, data_
 
 def _run_quality(synset: Any, splits: Any, run_dir: Path, progress: bool) -> None:
     """The set-quality report into ``quality.json`` (once; a failure is recorded, the cell goes on)."""
-    from ..metrics import set_quality
+    from gendistill.evaluation.metrics import set_quality
 
     target = run_dir / "quality.json"
     if target.is_file():
@@ -122,7 +122,7 @@ def _quality_columns(report: dict[str, Any] | None) -> dict[str, float] | None:
 
 def _run_eval_cell(spec: BenchSpec, ecell: EvalCell, synset: Any, splits: Any, run_dir: Path,
                    progress: bool) -> None:
-    from ..evaluation import evaluate
+    from gendistill.evaluation.evaluate import evaluate
 
     target = run_dir / "eval" / ecell.file_name
     failed = target.with_suffix(".failed.json")
@@ -206,7 +206,7 @@ def robust_scores(cells: list[dict[str, Any]], full_accuracy: Any = None) -> lis
     from ``full_accuracy(dataset, network)`` (percent, e.g. the published table); ARS pairs a protocol with
     augmentation and one without when both were run.
     """
-    from .robust import augmentation_robust_score, label_robust_score
+    from gendistill.bench.robust import augmentation_robust_score, label_robust_score
 
     done = [c for c in cells if c["status"] == "done"]
 
@@ -292,14 +292,14 @@ def run_bench(spec: BenchSpec, out: str | Path, *, data_root: str | None = None,
     """Run every missing cell of ``spec`` into ``out`` and write ``cells.json`` and the leaderboard."""
     from tqdm.auto import tqdm
 
-    from ..data import resolve_data_root
+    from gendistill.data.datasets import resolve_data_root
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data_root = str(resolve_data_root(data_root).resolve())  # workers may run elsewhere (Ray)
     import yaml
 
-    from ..atomic import atomic_text
+    from gendistill.utils.atomic import atomic_text
 
     atomic_text(out / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
     cells = spec.distill_cells()
@@ -325,8 +325,8 @@ def _missing(spec: BenchSpec, out: Path, cell: DistillCell) -> bool:
 
 def write_bench_leaderboard(spec: BenchSpec, out: Path, records: list[dict[str, Any]] | None = None) -> dict:
     """The leaderboard page, tables and plots of a benchmark folder (published figures and robust scores)."""
-    from .leaderboard import write_leaderboard
-    from .published import load_published
+    from gendistill.bench.leaderboard import write_leaderboard
+    from gendistill.bench.published import load_published
 
     records = records if records is not None else collect_cells(spec, out)
     table = load_published()

@@ -22,8 +22,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..config import read_yaml
-from ..errors import ConfigError
+from gendistill.presets import config_root
+from gendistill.utils.config import read_yaml
+from gendistill.utils.errors import ConfigError
 
 __all__ = ["REFERENCE_METHOD", "BenchSpec", "DistillCell", "EvalCell", "MethodEntry", "load_spec", "parse_spec"]
 
@@ -105,7 +106,7 @@ class BenchSpec:
         Without explicit ``protocols`` each method gets its own; the ``random`` reference is evaluated under every
         protocol of the matrix, so that each method has a random baseline measured the same way (DD-Ranking's IOR).
         """
-        from ..methods import get_method
+        from gendistill.registry import get_method
 
         if self.protocols:
             protocols = self.protocols
@@ -181,7 +182,7 @@ def _method_entry(item: Any) -> MethodEntry:
 def _check_network(name: str) -> None:
     if name.lower().startswith("timm:"):
         return
-    from ..nets import _CONVNET_RE, list_networks
+    from gendistill.nn.nets import _CONVNET_RE, list_networks
 
     if _CONVNET_RE.match(name.lower()) is None and name.lower() not in list_networks():
         raise ConfigError(f"unknown evaluation network {name!r} in the spec; see `gendistill networks`")
@@ -189,9 +190,9 @@ def _check_network(name: str) -> None:
 
 def parse_spec(data: dict[str, Any], source: str = "spec") -> BenchSpec:
     """Validate a spec mapping: unknown keys, methods, datasets, protocols and networks are one-line errors."""
-    from ..data import list_datasets
-    from ..evaluation import CUSTOM_EVALUATORS, PROTOCOL_ALIASES, PROTOCOLS
-    from ..methods import list_methods
+    from gendistill.data.datasets import list_datasets
+    from gendistill.evaluation.protocols import CUSTOM_EVALUATORS, PROTOCOL_ALIASES, PROTOCOLS
+    from gendistill.registry import list_methods
 
     fields = {f.name for f in dataclasses.fields(BenchSpec)}
     unknown = sorted(set(data) - fields)
@@ -239,7 +240,7 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> BenchSpec:
     if duplicates:
         raise ConfigError(f"{source} lists the cell {duplicates[0]} twice (a repeated method entry, dataset, IPC or "
                           "seed); remove the duplicate")
-    from ..pipeline import preset_file
+    from gendistill.presets import preset_file
 
     for m in spec.methods:  # a missing preset fails now, not halfway through the matrix
         if m.preset:
@@ -253,7 +254,7 @@ def load_spec(path: str | Path) -> BenchSpec:
     """Read and validate a spec YAML (a name without a path looks in the packaged ``configs/bench/``)."""
     p = Path(path)
     if not p.is_file() and not p.suffix:
-        packaged = Path(__file__).resolve().parents[1] / "configs" / "bench" / f"{p.name}.yaml"
+        packaged = config_root() / "bench" / f"{p.name}.yaml"
         if packaged.is_file():
             p = packaged
     return parse_spec(read_yaml(p), str(p))

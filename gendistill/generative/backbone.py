@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
-from .diffusion import GaussianDiffusion
+from gendistill.generative.diffusion import GaussianDiffusion
+from gendistill.utils.errors import CheckpointError, ConfigError
 
 __all__ = ["ARCHS", "Backbone", "DiffFitDiT", "build_dit", "load_backbone", "save_backbone", "tie_conditioning",
            "trainable_parameter_names"]
@@ -300,7 +300,7 @@ def save_backbone(backbone: Backbone, directory: str | Path, schedule: tuple[str
     ``transformer/difffit.safetensors`` and ``gendistill.json``. Written to a temp folder, then renamed."""
     from safetensors.torch import save_file
 
-    from ..atomic import replace_dir, temp_dir_beside
+    from gendistill.utils.atomic import replace_dir, temp_dir_beside
 
     target = Path(directory)
     tmp = temp_dir_beside(target)

@@ -12,11 +12,14 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from gendistill.presets import budget_reductions, resolve_config, stamp_budget
+from gendistill.utils.options import add_data_args, dataset_options
+
 COMMANDS = ("pretrain", "finetune", "sample")
 
 
-def add_parsers(sub: argparse._SubParsersAction, add_data_args: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Register the three generative subcommands."""
+def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
+    """Register the three generative subcommands; returns their handlers."""
     helps = {"pretrain": "train a class-conditional DiT from scratch on a dataset (diffusers layout)",
              "finetune": "Minimax fine-tuning of a DiT pipeline (local folder or hub id)",
              "sample": "generate IPC images per class from a DiT pipeline into synthetic sets"}
@@ -38,11 +41,10 @@ def add_parsers(sub: argparse._SubParsersAction, add_data_args: Callable[[argpar
         else:
             p.add_argument("--resume", nargs="?", const="latest", default=None,
                            help="continue from the newest checkpoint (--resume or --resume latest)")
+    return dict.fromkeys(COMMANDS, run)
 
 
 def _config(args: argparse.Namespace, ipc: int):
-    from ..pipeline import resolve_config
-
     overrides = list(args.set)
     if getattr(args, "model", None):
         overrides.append(f"pretrained={args.model}")
@@ -56,8 +58,8 @@ def _provenance(args: argparse.Namespace) -> dict:
 
 
 def _record(out: Path, args: argparse.Namespace, config, resume: bool) -> None:
-    from ..config import config_to_dict
-    from ..runs import RunDir
+    from gendistill.runs import RunDir
+    from gendistill.utils.config import config_to_dict
 
     RunDir(out, resume=resume).write_config({"command": args.command, "dataset": args.dataset, "seed": args.seed,
                                              "preset": args.preset, "config": config_to_dict(config)})
@@ -73,7 +75,7 @@ def model_record(model: str | None) -> dict:
 
 def _fill_sample_args(args: argparse.Namespace) -> dict:
     """``sample`` without --dataset/--preset/--set takes the ones recorded with the model."""
-    from ..errors import ConfigError
+    from gendistill.utils.errors import ConfigError
 
     record = model_record(args.model)
     if args.dataset is None:
@@ -91,17 +93,15 @@ def _fill_sample_args(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch one of :data:`COMMANDS`."""
-    from ..data import load_dataset
-    from ..errors import ConfigError
-    from .method import finetune, generate, load_model, pretrain
+    from gendistill.data.datasets import load_dataset
+    from gendistill.generative.method import finetune, generate, load_model, pretrain
+    from gendistill.utils.errors import ConfigError
 
     progress = not args.quiet
-    from ..cli import dataset_options
-
     if args.command == "sample":
         _fill_sample_args(args)
     if args.resolution is None and args.dataset:
-        from ..pipeline import preferred_resolution
+        from gendistill.presets import preferred_resolution
 
         args.resolution = preferred_resolution("minimax", args.dataset, 0, preset=args.preset,
                                                config_file=args.config, overrides=list(args.set))
@@ -129,19 +129,15 @@ def run(args: argparse.Namespace) -> int:
     config = _config(args, ipcs[-1])
     if not config.pretrained:
         raise ConfigError("sample needs a model: --model DIR_OR_HUB_ID")
-    from .method import DiTDistiller, MinimaxDistiller, to_synset
+    from gendistill.generative.method import DiTDistiller, MinimaxDistiller, to_synset
 
     backbone = load_model(config.pretrained, config)
     pixels, labels, seeds = generate(backbone, splits.train, ipcs[-1], config, seed=args.seed, progress=progress)
     distiller = (MinimaxDistiller if backbone.info.get("stage") == "finetune" else DiTDistiller)(config)
     full = to_synset(distiller, splits.train, pixels, labels, seeds, ipcs[-1], args.seed, out)
     full.meta["model"] = config.pretrained
-    from ..pipeline import budget_reductions, resolve_config
-
     reductions = budget_reductions(config, resolve_config("minimax", args.dataset, ipcs[-1]))
-    full.meta.update({"preset": args.preset or "paper", "overrides": list(args.set),
-                      "reduced_budget": bool(args.preset and args.preset.startswith("cpu")) or bool(reductions),
-                      "budget_reductions": reductions, "data_source": dict(splits.source)})
+    stamp_budget(full, args.preset, reductions, list(args.set), args.config, splits)
     for ipc in ipcs:
         part = full if ipc == ipcs[-1] else full.subset(ipc)
         part.meta["ipc"] = ipc

@@ -22,15 +22,16 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..data import RealDataset
-from ..errors import ConfigError, GendistillError
-from ..methods import BaseConfig, Distiller, register_method
-from ..preprocessing import Preprocessing
-from ..synset import SyntheticSet
-from .backbone import Backbone, DiffFitDiT, build_dit, load_backbone, load_vaes, resize_pixels
-from .diffusion import GaussianDiffusion
-from .sample import image_seeds, sample_images
-from .train import TrainSpec, train_backbone
+from gendistill.data.datasets import RealDataset
+from gendistill.data.preprocessing import Preprocessing
+from gendistill.distiller import BaseConfig, Distiller, budget_field
+from gendistill.generative.backbone import Backbone, DiffFitDiT, build_dit, load_backbone, load_vaes, resize_pixels
+from gendistill.generative.diffusion import GaussianDiffusion
+from gendistill.generative.sample import image_seeds, sample_images
+from gendistill.generative.train import TrainSpec, train_backbone
+from gendistill.registry import register_method
+from gendistill.synset.format import SyntheticSet
+from gendistill.utils.errors import ConfigError, GendistillError
 
 __all__ = ["DiTDistiller", "MinimaxConfig", "MinimaxDistiller", "pretrain", "resolve_class_ids"]
 
@@ -100,12 +101,12 @@ class MinimaxConfig(BaseConfig):
     arch: str = "DiT-S/2"
     space: str = "auto"
     prediction: str = "epsilon"
-    pretrain_steps: int = 400000
+    pretrain_steps: int = budget_field(400000)
     pretrain_batch_size: int = 256
     pretrain_lr: float = 1e-4
     pretrain_ema_decay: float = 0.9999
     pretrain_max_grad_norm: float = 0.0
-    finetune_steps: int = 12000
+    finetune_steps: int = budget_field(12000)
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -155,19 +156,19 @@ class MinimaxConfig(BaseConfig):
                 raise ConfigError(message)
 
     def train_spec(self, stage: str) -> TrainSpec:
-        """The :class:`TrainSpec` of ``pretrain`` or ``finetune``."""
-        common = {"label_dropout": self.label_dropout, "flip": self.flip, "mixed_precision": self.mixed_precision,
-                  "device": self.device,
-                  "checkpoint_every": self.checkpoint_every, "log_every": self.log_every, "tracker": self.tracker}
+        """The :class:`TrainSpec` of ``pretrain`` or ``finetune``, derived field by field: each spec field takes the
+        config's ``<stage>_<field>`` when it exists (``pretrain_lr``, ``finetune_steps``), else ``<field>``.
+        Pretraining trains every weight without the Minimax terms or weight decay."""
+        values = {}
+        for f in dataclasses.fields(TrainSpec):
+            for key in (f"{stage}_{f.name}", f.name):
+                if hasattr(self, key):
+                    values[f.name] = getattr(self, key)
+                    break
+        values["stage"] = stage
         if stage == "pretrain":
-            return TrainSpec("pretrain", self.pretrain_steps, self.pretrain_batch_size, self.pretrain_lr,
-                             ema_decay=self.pretrain_ema_decay, trainable="full",
-                             max_grad_norm=self.pretrain_max_grad_norm, **common)
-        return TrainSpec("finetune", self.finetune_steps, self.batch_size, self.lr, self.weight_decay,
-                         self.ema_decay, self.trainable, self.lambda_pos, self.lambda_neg, self.memory_size,
-                         self.temperature, minimax_jacobian=self.minimax_jacobian,
-                         minimax_centered=self.minimax_centered, minimax_space=self.minimax_space,
-                         max_grad_norm=self.max_grad_norm, **common)
+            values.update(trainable="full", lambda_pos=0.0, lambda_neg=0.0, weight_decay=0.0)
+        return TrainSpec(**values)
 
 
 # -------------------------------------------------------------------------------------------- class ids
@@ -176,7 +177,7 @@ _WNID = re.compile(r"n\d{8}")
 
 def _dataset_wnids(train: RealDataset) -> list[str] | None:
     if train.name in ("imagenette", "imagewoof", "imageidc"):
-        from ..data import _subset_classes
+        from gendistill.data.datasets import _subset_classes
 
         return _subset_classes(train.name)[0]
     if all(_WNID.fullmatch(n) for n in train.class_names):
@@ -285,8 +286,8 @@ def _select(pixels: torch.Tensor, labels: torch.Tensor, train: RealDataset, ipc:
     per_class = pixels.shape[0] // train.num_classes
     if config.select == "first" or per_class == ipc:
         return torch.cat([torch.arange(c * per_class, c * per_class + ipc) for c in range(train.num_classes)])
-    from ..coreset import kcenter_greedy
-    from ..features import FeatureSpec, embed, feature_network
+    from gendistill.evaluation.features import FeatureSpec, embed, feature_network
+    from gendistill.methods.coreset import kcenter_greedy
 
     net = feature_network(train, FeatureSpec(epochs=config.select_epochs, device=config.device), seed)
     x = train.preprocessing.apply(resize_pixels(pixels, train.image_shape[-1]))

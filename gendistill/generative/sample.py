@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..seeding import derive_seed, make_generator
-from .backbone import Backbone
+from gendistill.generative.backbone import Backbone
+from gendistill.utils.seeding import derive_seed, make_generator
 
 __all__ = ["guided_model", "image_seeds", "sample_images"]
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from ..data import RealDataset
-from ..errors import CheckpointError, ConfigError, NonFiniteLossError
-from ..seeding import derive_seed, make_generator
-from .backbone import Backbone, resize_pixels, save_backbone, trainable_parameter_names
-from .memory import MinimaxMemories
+from gendistill.data.datasets import RealDataset
+from gendistill.generative.backbone import Backbone, resize_pixels, save_backbone, trainable_parameter_names
+from gendistill.generative.memory import MinimaxMemories
+from gendistill.utils.errors import CheckpointError, ConfigError, NonFiniteLossError
+from gendistill.utils.seeding import derive_seed, make_generator
 
 __all__ = ["EMA", "TrainSpec", "latest_checkpoint", "train_backbone"]
 
@@ -337,7 +337,7 @@ def _minimax_space(backbone: Backbone, train: RealDataset, spec: TrainSpec, seed
         return _MinimaxSpace(backbone, train, None)
     if spec.minimax_space != "feature":
         raise ConfigError(f"minimax_space must be sample or feature, not {spec.minimax_space!r}")
-    from ..features import FeatureSpec, cached_feature_network
+    from gendistill.evaluation.features import FeatureSpec, cached_feature_network
 
     net, record = cached_feature_network(train, FeatureSpec(device=str(device)),
                                          derive_seed(seed, "minimax-feature-space"))

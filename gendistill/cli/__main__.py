@@ -1,0 +1,7 @@
+"""``python -m gendistill.cli``."""
+
+import sys
+
+from gendistill.cli import main
+
+sys.exit(main())

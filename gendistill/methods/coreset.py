@@ -1,0 +1,181 @@
+"""Coreset references registered as methods: random, herding, k-center, k-means centroids, class mean.
+
+These are the selection baselines of the DD paper (Wang et al. 2018) and DC's Table 1 (Zhao et al., ICLR 2021).
+Herding (Welling, ICML 2009) and k-center (Sener & Savarese, ICLR 2018) select real images greedily in a
+feature space: the embedding of a ConvNet trained briefly on real data (``features: trained``, as the DC
+paper's coreset baselines), of a random ConvNet (``random``), or raw pixels (``pixels``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+
+from gendistill.data.datasets import RealDataset
+from gendistill.distiller import Distiller, budget_field
+from gendistill.evaluation.features import FeatureSpec, dataset_features
+from gendistill.registry import register_method
+from gendistill.synset.format import SyntheticSet
+from gendistill.utils.errors import GendistillError
+from gendistill.utils.seeding import derive_seed, make_generator
+
+__all__ = ["CoresetConfig", "class_features", "kcenter_greedy"]
+
+
+@dataclasses.dataclass
+class CoresetConfig:
+    """Options of the coreset methods.
+
+    Attributes:
+        features: feature space for herding/k-center/k-means: ``trained``, ``random`` or ``pixels``.
+        feature_model: network used for ``trained``/``random`` features.
+        feature_epochs: epochs of training on real data for ``trained`` features.
+        feature_images_per_class: real images per class used to train the feature network (0 = all).
+        device: where to compute.
+    """
+
+    features: Literal["trained", "random", "pixels"] = "trained"
+    feature_model: str = "convnet"
+    feature_epochs: int = budget_field(2)
+    feature_images_per_class: int = budget_field(0, zero_is_full=True)
+    device: str = "cpu"
+
+    def feature_spec(self) -> FeatureSpec:
+        """The shared feature-space description (:mod:`gendistill.features`)."""
+        return FeatureSpec(space=self.features, model=self.feature_model, epochs=self.feature_epochs,
+                           images_per_class=self.feature_images_per_class, device=self.device)
+
+
+def class_features(train: RealDataset, config: CoresetConfig, seed: int, progress: bool = False) -> torch.Tensor:
+    """``[N, D]`` features of every training image in the configured feature space."""
+    return dataset_features(train, config.feature_spec(), seed, progress)
+
+
+def kcenter_greedy(feats: torch.Tensor, k: int) -> torch.Tensor:
+    """Greedy k-center: start at the sample nearest the mean, then repeatedly add the farthest sample."""
+    first = int(torch.argmin(((feats - feats.mean(0)) ** 2).sum(1)))
+    picks = [first]
+    mind = ((feats - feats[first]) ** 2).sum(1)
+    for _ in range(k - 1):
+        i = int(torch.argmax(mind))
+        picks.append(i)
+        mind = torch.minimum(mind, ((feats - feats[i]) ** 2).sum(1))
+    return torch.tensor(picks)
+
+
+class _Selector(Distiller):
+    """Shared driver: per class, pick ``ipc`` training indices from that class's features."""
+
+    def select(self, feats: torch.Tensor, ipc: int, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def needs_features(self) -> bool:
+        return True
+
+    def distill(self, train: RealDataset, ipc: int, *, seed: int = 0, run=None, progress: bool | None = None
+               ) -> SyntheticSet:
+        if ipc > int(train.class_counts.min()):
+            raise GendistillError(f"--ipc {ipc} exceeds the {int(train.class_counts.min())} real images of the "
+                                  f"smallest class of {train.name}")
+        gen = make_generator(seed)
+        show = self.show_progress(run, progress)
+        feats = class_features(train, self.config, seed, show) if self.needs_features() else None
+        chosen = []
+        for c in range(train.num_classes):
+            idx = train.class_index[c, : int(train.class_counts[c])]
+            local = self.select(feats[idx] if feats is not None else idx.float()[:, None], ipc, gen)
+            chosen.append(idx[local])
+        index = torch.cat(chosen)
+        return self.make_synset(train, train.images(index), train.labels[index], ipc, seed, source_indices=index)
+
+
+@register_method("random", config=CoresetConfig, paper="random real subset (DC, Zhao et al. ICLR 2021, Table 1)",
+                 year=2021, kind="coreset", default_eval="dc")
+class RandomSelection(_Selector):
+    """Random real images of each class (the baseline every method must beat)."""
+
+    def needs_features(self) -> bool:
+        return False
+
+    def select(self, feats, ipc, generator):
+        return torch.randperm(feats.shape[0], generator=generator)[:ipc]
+
+
+@register_method("herding", config=CoresetConfig, paper="Welling, Herding dynamical weights, ICML 2009",
+                 year=2009, kind="coreset", default_eval="dc")
+class Herding(_Selector):
+    """Greedy herding: each pick moves the running mean of the selection closest to the class mean."""
+
+    def select(self, feats, ipc, generator):
+        mu = feats.mean(0)
+        total = torch.zeros_like(mu)
+        available = torch.ones(feats.shape[0], dtype=torch.bool)
+        picks = []
+        for k in range(ipc):
+            dist = ((mu - (total + feats) / (k + 1)) ** 2).sum(1)
+            dist[~available] = float("inf")
+            i = int(torch.argmin(dist))
+            picks.append(i)
+            available[i] = False
+            total += feats[i]
+        return torch.tensor(picks)
+
+
+@register_method("kcenter", config=CoresetConfig, paper="Sener & Savarese, Active learning for CNNs: a core-set "
+                 "approach, ICLR 2018", year=2018, kind="coreset", default_eval="dc")
+class KCenter(_Selector):
+    """Greedy k-center: start at the sample nearest the class mean, then repeatedly add the farthest sample."""
+
+    def select(self, feats, ipc, generator):
+        return kcenter_greedy(feats, ipc)
+
+
+@dataclasses.dataclass
+class KMeansConfig(CoresetConfig):
+    """k-means options (clustering in pixel space by default; centroids are mean images)."""
+
+    features: Literal["trained", "random", "pixels"] = "pixels"
+    n_init: int = 3
+
+
+@register_method("kmeans", config=KMeansConfig, paper="k-means cluster centroids (DC, Zhao et al. ICLR 2021)",
+                 year=2021, kind="coreset", default_eval="dc")
+class KMeansCentroids(Distiller):
+    """k-means per class; each synthetic image is the mean image of one cluster."""
+
+    def distill(self, train: RealDataset, ipc: int, *, seed: int = 0, run=None, progress: bool | None = None
+               ) -> SyntheticSet:
+        from sklearn.cluster import KMeans
+
+        if ipc > int(train.class_counts.min()):
+            raise GendistillError(f"--ipc {ipc} exceeds the real images of the smallest class of {train.name}")
+        feats = class_features(train, self.config, seed, self.show_progress(run, progress))
+        images, labels = [], []
+        all_images = train.images()
+        for c in range(train.num_classes):
+            idx = train.class_index[c, : int(train.class_counts[c])]
+            km = KMeans(n_clusters=ipc, n_init=self.config.n_init, random_state=derive_seed(seed, c) % 2**31)
+            assign = torch.from_numpy(km.fit_predict(feats[idx].double().numpy())).long()
+            members = all_images[idx]
+            sums = torch.zeros(ipc, *members.shape[1:]).index_add_(0, assign, members)
+            counts = torch.bincount(assign, minlength=ipc).clamp_min(1).view(-1, 1, 1, 1)
+            images.append(sums / counts)
+            labels.append(torch.full((ipc,), c, dtype=torch.long))
+        return self.make_synset(train, torch.cat(images), torch.cat(labels), ipc, seed)
+
+
+@register_method("class_mean", config=CoresetConfig, paper="class-mean images (DD, Wang et al. 2018 baselines)",
+                 year=2018, kind="coreset", default_eval="dc")
+class ClassMean(Distiller):
+    """The mean image of each class (IPC 1 only)."""
+
+    def distill(self, train: RealDataset, ipc: int, *, seed: int = 0, run=None, progress: bool | None = None
+               ) -> SyntheticSet:
+        if ipc != 1:
+            raise GendistillError("class_mean makes exactly one image per class; use --ipc 1")
+        x = train.images()
+        sums = torch.zeros(train.num_classes, *x.shape[1:]).index_add_(0, train.labels, x)
+        means = sums / train.class_counts.clamp_min(1).view(-1, 1, 1, 1).float()
+        return self.make_synset(train, means, torch.arange(train.num_classes), ipc, seed)

@@ -1,0 +1,55 @@
+"""Networks, differentiable augmentation (DSA, DC, IDC, ImageNet-style, CutMix) and CPU cache blocking."""
+
+from .augment import (
+    DSA,
+    FULL_DSA,
+    AugDraw,
+    DrawSequence,
+    DSAParams,
+    GroupDraw,
+    IDCAugment,
+    ImageNetAugment,
+    color_jitter,
+    cutmix,
+    lighting,
+    random_resized_crop_boxes,
+    resize_images,
+    resized_crop,
+)
+from .blocking import (
+    block_rows,
+    blocked_mean_backward,
+    blocked_mean_grads,
+    forward_in_blocks,
+    row_blocks,
+    uses_batch_statistics,
+)
+from .nets import ConvNet, create_network, list_networks, register_network, xavier_init_
+
+__all__ = [
+    "AugDraw",
+    "ConvNet",
+    "DSA",
+    "DSAParams",
+    "DrawSequence",
+    "FULL_DSA",
+    "GroupDraw",
+    "IDCAugment",
+    "ImageNetAugment",
+    "block_rows",
+    "blocked_mean_backward",
+    "blocked_mean_grads",
+    "color_jitter",
+    "create_network",
+    "cutmix",
+    "forward_in_blocks",
+    "lighting",
+    "list_networks",
+    "random_resized_crop_boxes",
+    "register_network",
+    "resize_images",
+    "resized_crop",
+    "row_blocks",
+    "uses_batch_statistics",
+    "xavier_init_",
+]
