@@ -42,7 +42,7 @@ def config_roots(method: str | None = None) -> list[Path]:
     method's ``register_method(presets=...)``), then the packaged :func:`config_root`."""
     user = [Path(p) for p in os.environ.get("GENDISTILL_CONFIGS", "").split(os.pathsep) if p]
     own = list(get_method(method).presets) if method else []
-    return [*user, *[p.parent for p in own], config_root()]
+    return [*user, *own, config_root()]
 
 
 def preset_file(method: str, dataset: str, ipc: int, preset: str | None) -> Path | None:

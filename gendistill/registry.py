@@ -19,7 +19,7 @@ from gendistill.evaluation.protocols import note_method_protocol
 from gendistill.utils.errors import GendistillError, PluginError
 from gendistill.utils.plugins import load_plugins
 
-__all__ = ["MethodInfo", "get_method", "list_methods", "register_method"]
+__all__ = ["MethodInfo", "get_method", "list_methods", "methods_markdown", "register_method"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +27,8 @@ class MethodInfo:
     """Registry record of a method.
 
     Attributes:
-        presets: extra preset folders of the method (a third-party package's own ``configs/``), searched after
+        presets: the method's own preset roots, laid out like the repository's ``configs/``
+            (``<root>/<method>/<preset>.yaml``; a third-party package's own folder), searched after
             ``$GENDISTILL_CONFIGS`` and before the packaged presets.
     """
 
@@ -89,3 +90,12 @@ def get_method(name: str) -> MethodInfo:
     if name not in _METHODS:
         raise GendistillError(f"unknown method {name!r}; available: {', '.join(sorted(_METHODS))}")
     return _METHODS[name]
+
+
+def methods_markdown() -> str:
+    """The registered methods as a markdown table (the README's table is this text; a test keeps them equal)."""
+    rows = ["| method | kind | labels | own protocol | paper |", "|---|---|---|---|---|"]
+    for name in list_methods():
+        info = get_method(name)
+        rows.append(f"| `{name}` | {info.kind} | {info.label_kind} | `{info.default_eval}` | {info.paper} |")
+    return "\n".join(rows) + "\n"

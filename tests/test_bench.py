@@ -195,3 +195,39 @@ def test_changed_evaluation_settings_redo_the_evaluations(tmp_path, mnist_root):
     again = run_bench(small_spec(methods=["random"], runs=2), out, data_root=str(mnist_root), progress=False,
                       leaderboard=False)
     assert len(first[0]["result"]["accs"]) == 1 and len(again[0]["result"]["accs"]) == 2
+
+
+def test_generative_cells_share_trained_stages_and_vary_only_the_sampling_seed(data_env, tmp_path, monkeypatch):
+    """sample_seeds: one set per seed from one trained model; shared_stages: cells that differ only in sampling
+    (seed, guidance, IPC) pretrain and fine-tune once."""
+    from gendistill.generative import method as gen_method
+
+    trained = []
+    real_train = gen_method.train_backbone
+
+    def counting(backbone, train, class_ids, spec, out, **kw):
+        trained.append((spec.stage, out.name))
+        return real_train(backbone, train, class_ids, spec, out, **kw)
+
+    monkeypatch.setattr(gen_method, "train_backbone", counting)
+    spec = parse_spec({"name": "gen", "methods": [{"name": "minimax", "preset": "smoke"},
+                                                  {"name": "minimax", "preset": "smoke", "set": ["cfg_scale=1.0"]},
+                                                  "random"],
+                       "datasets": ["mnist"], "ipc": [1, 2], "sample_seeds": [0, 1], "protocols": ["dsa"],
+                       "eval_models": ["convnet_w8"], "runs": 1, "epochs": {1: 1, 2: 2}, "quality": False})
+    assert len(spec.distill_cells()) == 2 * (2 * 2 + 1)  # random has no sampling seed
+    records = run_bench(spec, tmp_path / "b", data_root=str(data_env), progress=False, leaderboard=False)
+    assert all(r["status"] == "done" for r in records), [r["error"] for r in records if r["error"]]
+    assert sorted(s for s, _ in trained) == ["finetune", "pretrain"]  # once for all 8 generative cells
+    assert {r["result"]["protocol"]["epochs"] for r in records if r["ipc"] == 2} == {2}  # epochs per IPC
+
+    from gendistill.synset.format import SyntheticSet
+
+    runs = tmp_path / "b" / "runs"
+    seed0 = SyntheticSet.load(runs / "minimax-smoke_mnist_ipc2_s0_ss0" / "synset")
+    seed1 = SyntheticSet.load(runs / "minimax-smoke_mnist_ipc2_s0_ss1" / "synset")
+    assert seed0.meta["sample_seed"] == 0 and seed1.meta["sample_seed"] == 1
+    assert not seed0.images.allclose(seed1.images)
+    small = SyntheticSet.load(runs / "minimax-smoke_mnist_ipc1_s0_ss0" / "synset")  # per-image seeds: a prefix
+    assert small.images.allclose(seed0.images.view(10, 2, *seed0.images.shape[1:])[:, 0])
+    assert seed0.meta["backbone"].startswith(str((tmp_path / "b" / "stages").resolve()))

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import gendistill
 from gendistill.presets import config_root, config_roots, preset_file, resolve_config
 from gendistill.utils.errors import ConfigError
 

@@ -6,30 +6,21 @@ import pytest
 import torch
 
 from gendistill.distiller import IterativeDistiller
+from gendistill.presets import preset_file, resolve_config
 from gendistill.registry import _METHODS, get_method, list_methods, register_method
 from gendistill.runs import RunDir
 from gendistill.synset.format import SyntheticSet
-from gendistill.utils.config import load_config
 from gendistill.utils.errors import CheckpointError, GendistillError, NonFiniteLossError
-
-# Settings that make every method run in seconds on the tiny dataset (unknown keys are ignored per method).
-TINY_OVERRIDES = {
-    "iterations": 2, "feature_model": "convnet_w8", "feature_epochs": 1, "model": "convnet_w8", "net_width": 8,
-    "batch_real": 4, "n_init": 1, "outer_loop": 2, "inner_loop": 1, "max_outer": 2, "max_inner": 2,
-    "acc_batch": 4, "window": 2, "distill_epochs": 1, "batch_train": 8,
-    # generative methods: a 2-block DiT, 2 pretraining and 2 fine-tuning steps, 3 sampling steps
-    "arch": "custom-D2-W16-H2/4", "pretrain_steps": 2, "pretrain_batch_size": 8, "finetune_steps": 2,
-    "batch_size": 4, "sample_steps": 3, "checkpoint_every": 0,
-    # trajectory matching (mtt, datm): two tiny experts of 2 epochs trained by the method, 2 student steps
-    "syn_steps": 2, "expert_epochs": 1, "max_start_epoch": 1, "buffer_experts": 2, "buffer_epochs": 2,
-    "buffer_batch": 8, "buffer_lr": 0.05,
-}
 
 
 def tiny_config(name: str):
-    info = get_method(name)
-    fields = {f.name for f in dataclasses.fields(info.config_cls)}
-    return load_config(info.config_cls, {k: v for k, v in TINY_OVERRIDES.items() if k in fields})
+    """The method's ``configs/<method>/smoke.yaml``: settings that run in seconds on the tiny dataset."""
+    return resolve_config(name, "tiny", 2, preset="smoke")
+
+
+def test_every_method_has_a_smoke_preset():
+    missing = [n for n in list_methods() if preset_file(n, "tiny", 2, "smoke") is None]
+    assert not missing
 
 
 @pytest.mark.parametrize("name", list_methods())

@@ -265,7 +265,7 @@ def test_python_api_top_level(tmp_path, data_env):
 
 def test_example_script_runs(tmp_path, data_env):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    script = Path(__file__).resolve().parents[1] / "scripts" / "example_api.py"
+    script = Path(__file__).resolve().parents[1] / "docs" / "examples" / "api.py"
     proc = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "ex"), "--epochs", "1", "--runs", "1",
                            "--ipc", "2"],
                           env=env, capture_output=True, text=True, timeout=300)

@@ -22,6 +22,7 @@ workers share the output folder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import traceback
@@ -70,7 +71,7 @@ def run_distill_cell(spec_dict: dict[str, Any], cell_index: int, out: str, data_
             synset = SyntheticSet.load(run_dir / "synset")
         else:
             start = time.perf_counter()
-            overrides = list(cell.method.set)
+            overrides = list(cell.method.set) + _cell_overrides(spec, cell, Path(out))
             if spec.device != "cpu" and not any(o.startswith("device=") for o in overrides):
                 overrides.append(f"device={spec.device}")
             synset = distill(cell.method.name, splits, cell.ipc, run_dir, seed=cell.seed, preset=cell.method.preset,
@@ -91,6 +92,18 @@ def run_distill_cell(spec_dict: dict[str, Any], cell_index: int, out: str, data_
     for ecell in spec.eval_cells(cell):
         _run_eval_cell(spec, ecell, synset, splits, run_dir, progress)
     return cell.id
+
+
+def _cell_overrides(spec: BenchSpec, cell: DistillCell, out: Path) -> list[str]:
+    """Settings the runner adds to a cell: its sampling seed, and the shared stage folder of generative methods."""
+    from gendistill.registry import get_method
+
+    fields = {f.name for f in dataclasses.fields(get_method(cell.method.name).config_cls)}
+    extra = [f"sample_seed={cell.sample_seed}"] if cell.sample_seed is not None else []
+    given = any(o.startswith("stage_cache=") for o in cell.method.set)
+    if spec.shared_stages and "stage_cache" in fields and not given:
+        extra.append(f"stage_cache={(out / 'stages').resolve()}")
+    return extra
 
 
 def _run_quality(synset: Any, splits: Any, run_dir: Path, progress: bool) -> None:
@@ -116,7 +129,7 @@ def _quality_columns(report: dict[str, Any] | None) -> dict[str, float] | None:
         return None
     s = report["summary"]
     ratio = s["diversity"] / s["diversity_random_real"] if s.get("diversity_random_real") else None
-    return {**{k: s.get(k) for k in ("precision", "recall", "density", "coverage", "agreement")},
+    return {**{k: s.get(k) for k in ("precision", "recall", "density", "coverage", "agreement", "fd")},
             "diversity": ratio}
 
 
@@ -130,11 +143,11 @@ def _run_eval_cell(spec: BenchSpec, ecell: EvalCell, synset: Any, splits: Any, r
         return
     try:
         result = evaluate(synset, splits.test, ecell.protocol, model=ecell.model, runs=spec.runs,
-                          epochs=spec.epochs, seed=ecell.distill.seed, device=spec.device, progress=progress,
-                          test_subset=spec.test_subset)
+                          epochs=spec.epochs_for(ecell.distill.ipc), seed=ecell.distill.seed, device=spec.device,
+                          progress=progress, test_subset=spec.test_subset)
         record = result.to_dict()
         record["device"] = _device_name(spec.device)
-        record["bench_settings"] = spec.settings()
+        record["bench_settings"] = spec.settings(ecell.distill.ipc)
         atomic_json(target, record)
         failed.unlink(missing_ok=True)
     except Exception as exc:
@@ -145,7 +158,10 @@ def _run_eval_cell(spec: BenchSpec, ecell: EvalCell, synset: Any, splits: Any, r
 
 def _current(spec: BenchSpec, record: dict[str, Any] | None) -> bool:
     """Whether a stored evaluation was made with the spec's evaluation settings (else it is redone)."""
-    return record is not None and record.get("bench_settings") == spec.settings()
+    if record is None:
+        return False
+    ipc = (record.get("synset") or {}).get("ipc")
+    return record.get("bench_settings") == spec.settings(ipc)
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -180,7 +196,8 @@ def collect_cells(spec: BenchSpec, out: str | Path) -> list[dict[str, Any]]:
                 "cell": ecell.id, "label": dcell.method.label, "method": dcell.method.name,
                 "preset": dcell.method.preset,
                 "overrides": list(dcell.method.set), "dataset": dcell.dataset, "ipc": dcell.ipc,
-                "distill_seed": dcell.seed, "protocol": ecell.protocol, "eval_model": ecell.model,
+                "distill_seed": dcell.seed, "sample_seed": dcell.sample_seed, "protocol": ecell.protocol,
+                "eval_model": ecell.model,
                 "status": status, "error": error, "result": result,
                 "distill_time_s": meta.get("distill_time_s"),
                 "eval_time_s": result.get("wall_time_s") if result else None,

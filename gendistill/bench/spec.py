@@ -6,11 +6,16 @@ methods: [random, herding, {name: dm, preset: cpu, set: [iterations=100]}]
 datasets: [mnist]
 ipc: [1, 10]
 distill_seeds: 1          # seeds 0..n-1 (or a list of seeds)
+sample_seeds: [0, 1, 2]   # generative methods: one set per sampling seed from the same trained model
 protocols: [dc]           # default: each method's own protocol
 eval_models: [convnet]    # cross-architecture: convnet, resnet_ap10, resnet18, vgg11, alexnet, timm:<name>
 runs: 3
-epochs: 300               # optional; fewer than the protocol's marks the cells reduced
+epochs: 300               # optional; fewer than the protocol's marks the cells reduced ({ipc: epochs} per IPC)
 ```
+
+Generative methods share their trained stages across cells (``shared_stages``): cells that differ only in how
+they sample (guidance, sampler, sampling seed, IPC) reuse one pretrained and one fine-tuned model, kept in
+``<out>/stages/`` under a hash of the settings that made them.
 
 Lists expand into the matrix; unknown keys, methods, datasets, protocols or networks are refused in one line.
 """
@@ -64,10 +69,12 @@ class BenchSpec:
         datasets: dataset names.
         ipc: images per class.
         distill_seeds: number of seeded distillations (seeds 0..n-1) or an explicit list.
+        sample_seeds: sampling seeds of the methods that have a ``sample_seed`` setting (generative ones): one set
+            per seed, all drawn from the model the distillation seed trained (empty = the distillation seed).
         protocols: evaluation protocols (empty = each method's own protocol).
         eval_models: evaluation networks.
         runs: evaluation networks trained per cell.
-        epochs: evaluation epochs (None = the protocol's; fewer marks the cells reduced).
+        epochs: evaluation epochs, or ``{ipc: epochs}`` (None = the protocol's; fewer marks the cells reduced).
         test_subset: test on a class-balanced subset of this many images (reduced, labelled).
         name: the benchmark's name (page title).
         resolution: image size for folder datasets.
@@ -75,17 +82,21 @@ class BenchSpec:
         gpus_per_cell: GPUs a cell asks Ray for.
         device: where cells run (``cpu``, ``cuda``).
         checkpoint_every: distillation iterations between checkpoints.
-        quality: write each distilled set's set-quality report (:mod:`gendistill.metrics`) to ``quality.json``.
+        quality: write each distilled set's set-quality report (:mod:`gendistill.evaluation.metrics`) to
+            ``quality.json``.
+        shared_stages: generative methods keep their trained stages in ``<out>/stages/`` and reuse them across
+            cells with the same training settings.
     """
 
     methods: list[MethodEntry]
     datasets: list[str]
     ipc: list[int]
     distill_seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
+    sample_seeds: list[int] = dataclasses.field(default_factory=list)
     protocols: list[str] = dataclasses.field(default_factory=list)
     eval_models: list[str] = dataclasses.field(default_factory=lambda: ["convnet"])
     runs: int = 5
-    epochs: int | None = None
+    epochs: int | dict[int, int] | None = None
     test_subset: int | None = None
     name: str = "benchmark"
     resolution: int | None = None
@@ -94,11 +105,26 @@ class BenchSpec:
     device: str = "cpu"
     checkpoint_every: int = 100
     quality: bool = True
+    shared_stages: bool = True
 
     def distill_cells(self) -> list[DistillCell]:
-        """One cell per (method entry, dataset, IPC, distillation seed)."""
-        return [DistillCell(m, d, k, s) for d in self.datasets for k in self.ipc for m in self.methods
-                for s in self.distill_seeds]
+        """One cell per (method entry, dataset, IPC, distillation seed[, sampling seed])."""
+        return [DistillCell(m, d, k, s, ss) for d in self.datasets for k in self.ipc for m in self.methods
+                for s in self.distill_seeds for ss in self._sample_axis(m)]
+
+    def _sample_axis(self, method: MethodEntry) -> list[int | None]:
+        if not self.sample_seeds:
+            return [None]
+        from gendistill.registry import get_method
+
+        fields = {f.name for f in dataclasses.fields(get_method(method.name).config_cls)}
+        return list(self.sample_seeds) if "sample_seed" in fields else [None]
+
+    def epochs_for(self, ipc: int) -> int | None:
+        """The evaluation epochs of cells at ``ipc`` (None: the protocol's own)."""
+        if isinstance(self.epochs, dict):
+            return self.epochs.get(ipc)
+        return self.epochs
 
     def eval_cells(self, cell: DistillCell) -> list[EvalCell]:
         """The evaluation cells of one distillation: protocols x evaluation networks.
@@ -116,9 +142,10 @@ class BenchSpec:
             protocols = [get_method(cell.method.name).default_eval]
         return [EvalCell(cell, p, net) for p in protocols for net in self.eval_models]
 
-    def settings(self) -> dict[str, Any]:
-        """The evaluation settings a stored result must match to be reused."""
-        return {"runs": self.runs, "epochs": self.epochs, "test_subset": self.test_subset, "device": self.device}
+    def settings(self, ipc: int) -> dict[str, Any]:
+        """The evaluation settings a stored result at ``ipc`` must match to be reused."""
+        return {"runs": self.runs, "epochs": self.epochs_for(ipc), "test_subset": self.test_subset,
+                "device": self.device}
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -134,10 +161,12 @@ class DistillCell:
     dataset: str
     ipc: int
     seed: int
+    sample_seed: int | None = None
 
     @property
     def id(self) -> str:
-        return f"{self.method.label}_{self.dataset}_ipc{self.ipc}_s{self.seed}"
+        base = f"{self.method.label}_{self.dataset}_ipc{self.ipc}_s{self.seed}"
+        return base if self.sample_seed is None else f"{base}_ss{self.sample_seed}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,12 +235,19 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> BenchSpec:
         if key in values and not isinstance(values[key], list):
             values[key] = [values[key]]
     values["methods"] = [_method_entry(m) for m in values["methods"]]
+    samples = values.get("sample_seeds") or []
+    if not isinstance(samples, list) or any(isinstance(x, bool) or not isinstance(x, int) for x in samples):
+        raise ConfigError(f"sample_seeds in {source} must be a list of integer seeds")
+    epochs = values.get("epochs")
+    if isinstance(epochs, dict) and any(isinstance(v, bool) or not isinstance(v, int) or v < 1 or
+                                        not isinstance(k, int) for k, v in epochs.items()):
+        raise ConfigError(f"epochs in {source} must be an integer or a mapping IPC -> integer, got {epochs!r}")
     seeds = values.get("distill_seeds", 1)
     if isinstance(seeds, bool) or not (isinstance(seeds, int) and seeds >= 1 or isinstance(seeds, list) and seeds
                                        and all(isinstance(x, int) for x in seeds)):
         raise ConfigError(f"distill_seeds in {source} must be a positive count or a list of integer seeds")
     values["distill_seeds"] = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    for key in ("runs", "epochs", "test_subset", "resolution"):
+    for key in ("runs", "test_subset", "resolution", *(() if isinstance(epochs, dict) else ("epochs",))):
         if values.get(key) is not None and (isinstance(values[key], bool) or not isinstance(values[key], int)):
             raise ConfigError(f"{key} in {source} must be an integer, got {values[key]!r}")
     methods = set(list_methods())  # also registers the method packages' evaluators

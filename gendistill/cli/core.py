@@ -19,6 +19,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse
 
     p = sub.add_parser("methods", help="list registered methods, or show one method's settings")
     p.add_argument("name", nargs="?", default=None, help="a method: print its settings, defaults and presets")
+    p.add_argument("--markdown", action="store_true", help="print the methods as the README's markdown table")
     p = sub.add_parser("config", help="a method's settings resolved for a dataset, IPC and preset")
     p.add_argument("name", help="method name")
     p.add_argument("--dataset", default="mnist")
@@ -272,6 +273,11 @@ def _cmd_import(args) -> int:
 def _cmd_methods(args) -> int:
     from gendistill.registry import get_method, list_methods
 
+    if args.markdown:
+        from gendistill.registry import methods_markdown
+
+        print(methods_markdown(), end="")
+        return 0
     if args.name:
         from gendistill.presets import describe_method
 

@@ -31,8 +31,8 @@ from torch import nn
 from gendistill.generative.diffusion import GaussianDiffusion
 from gendistill.utils.errors import CheckpointError, ConfigError
 
-__all__ = ["ARCHS", "Backbone", "DiffFitDiT", "build_dit", "load_backbone", "save_backbone", "tie_conditioning",
-           "trainable_parameter_names"]
+__all__ = ["ARCHS", "Backbone", "DiffFitDiT", "DiffFitUNet", "build_dit", "build_unet", "load_backbone",
+           "parse_unet_arch", "save_backbone", "tie_conditioning", "trainable_parameter_names"]
 
 #: name -> (depth, width, heads); the patch size comes from the ``/p`` suffix (DiT Table 1).
 ARCHS: dict[str, tuple[int, int, int]] = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16),
@@ -172,6 +172,13 @@ class DiffFitDiT(nn.Module):
 
         return scale
 
+    component = "transformer"  # the pipeline folder the network is saved in
+
+    @property
+    def inner(self) -> nn.Module:
+        """The diffusers model."""
+        return self.transformer
+
     @property
     def num_classes(self) -> int:
         """Classes of the label table (its last row is the null class used for guidance)."""
@@ -188,15 +195,151 @@ class DiffFitDiT(nn.Module):
     def scales_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("transformer.")}
 
+    def fold_targets(self) -> list[tuple[nn.Module, torch.Tensor]]:
+        """``(linear layer, per-output scale)`` pairs: scaling each layer's weight rows and bias by its scale
+        computes exactly what the hooks compute (the attention branch's scale acts on the output projection's
+        output too, the MLP branch's on the MLP's last linear layer)."""
+        pairs = []
+        dim = self.transformer.inner_dim
+        for i in range(len(self.qkv_scale)):
+            block = self.transformer.transformer_blocks[i]
+            attn = block.attn1
+            for j, proj in enumerate((attn.to_q, attn.to_k, attn.to_v)):
+                pairs.append((proj, self.qkv_scale[i][j * dim:(j + 1) * dim]))
+            pairs.append((attn.to_out[0], self.out_scale[i] * self.attn_branch_scale[i]))
+            last = [m for m in block.ff.net.modules() if isinstance(m, nn.Linear)][-1]
+            pairs.append((last, self.mlp_branch_scale[i]))
+        return pairs
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.transformer(x, timestep=timesteps, class_labels=labels, return_dict=False)[0]
 
 
-def trainable_parameter_names(model: DiffFitDiT, mode: str = "difffit") -> list[str]:
+#: ``unet-C32-64-64[-A1][-L1]``: channels per level, levels with attention (0-based), residual blocks per level.
+_UNET_ARCH = re.compile(r"unet-C(\d+(?:-\d+)*)(?:-A(\d+(?:,\d+)*))?(?:-L(\d+))?")
+
+
+def parse_unet_arch(arch: str) -> tuple[tuple[int, ...], tuple[int, ...], int] | None:
+    """``unet-C32-64-64-A1-L1`` -> ((32, 64, 64), (1,), 1); None for a DiT arch."""
+    m = _UNET_ARCH.fullmatch(arch)
+    if m is None:
+        return None
+    channels = tuple(int(c) for c in m.group(1).split("-"))
+    attention = tuple(int(a) for a in m.group(2).split(",")) if m.group(2) else ()
+    if any(a >= len(channels) for a in attention):
+        raise ConfigError(f"arch {arch!r}: attention level out of range (levels 0..{len(channels) - 1})")
+    return channels, attention, int(m.group(3) or 1)
+
+
+def build_unet(arch: str, in_channels: int, sample_size: int, num_classes: int, learn_sigma: bool = True,
+               seed: int = 0) -> nn.Module:
+    """A freshly initialised class-conditional ``diffusers.UNet2DModel`` (``num_classes + 1`` embeddings: the last
+    is the null label of classifier-free guidance)."""
+    from diffusers import UNet2DModel
+
+    parsed = parse_unet_arch(arch)
+    if parsed is None:
+        raise ConfigError(f"unknown U-Net arch {arch!r}; use unet-C<c1>-<c2>-...[-A<levels>][-L<blocks>], "
+                          "e.g. unet-C32-64-64-A1")
+    channels, attention, layers = parsed
+    factor = 2 ** (len(channels) - 1)
+    if sample_size % factor:
+        raise ConfigError(f"a {sample_size}x{sample_size} input cannot be halved {len(channels) - 1} times; use "
+                          "fewer U-Net levels")
+    groups = max(g for g in (32, 16, 8, 4, 2, 1) if all(c % g == 0 for c in channels))
+    down = tuple("AttnDownBlock2D" if i in attention else "DownBlock2D" for i in range(len(channels)))
+    up = tuple("AttnUpBlock2D" if i in attention else "UpBlock2D" for i in reversed(range(len(channels))))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet2DModel(sample_size=sample_size, in_channels=in_channels,
+                           out_channels=in_channels * (2 if learn_sigma else 1), block_out_channels=channels,
+                           down_block_types=down, up_block_types=up, layers_per_block=layers,
+                           num_class_embeds=num_classes + 1, norm_num_groups=groups,
+                           attention_head_dim=max(8, channels[0] // 4))
+
+
+class DiffFitUNet(nn.Module):
+    """A class-conditional diffusers ``UNet2DModel`` with DiffFit-style scales (this package's labelled
+    adaptation of Xie et al., ICCV 2023, which defines them for transformers).
+
+    Minimax's losses act on the predictions, so any denoiser works; the fine-tuned subset is defined the DiffFit way
+    (:func:`trainable_parameter_names`): every bias, the GroupNorm affine parameters ("norms"), the class table,
+    and per-channel scales (all 1 at the start) on the residual branches of the encoder half - the output of each
+    down and mid ResNet block's second convolution and of each down and mid attention's output projection. Both
+    are linear maps, so a scale folds exactly into their weights and biases.
+    """
+
+    component = "unet"
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+        self.scaled: list[str] = []
+        scales = {}
+        for name, module in unet.named_modules():
+            if not name.startswith(("down_blocks.", "mid_block.")):
+                continue
+            target = None
+            if type(module).__name__ == "ResnetBlock2D":
+                target = module.conv2
+            elif type(module).__name__ == "Attention":
+                target = module.to_out[0]
+            if target is None:
+                continue
+            key = name.replace(".", "_")
+            scales[key] = nn.Parameter(torch.ones(target.out_channels if hasattr(target, "out_channels")
+                                                  else target.out_features))
+            target.register_forward_hook(self._hook(key))
+            self.scaled.append(name)
+        self.scales = nn.ParameterDict(scales)
+
+    def _hook(self, key: str):
+        def scale(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+            gamma = self.scales[key].to(output.dtype)
+            return output * (gamma.view(1, -1, 1, 1) if output.dim() == 4 else gamma)
+
+        return scale
+
+    @property
+    def inner(self) -> nn.Module:
+        return self.unet
+
+    @property
+    def num_classes(self) -> int:
+        return self.unet.config.num_class_embeds - 1
+
+    @property
+    def in_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def sample_size(self) -> int:
+        size = self.unet.config.sample_size
+        return size if isinstance(size, int) else size[0]
+
+    def scales_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("unet.")}
+
+    def fold_targets(self) -> list[tuple[nn.Module, torch.Tensor]]:
+        """``(layer, per-output-channel scale)`` pairs (see :meth:`DiffFitDiT.fold_targets`)."""
+        modules = dict(self.unet.named_modules())
+        pairs = []
+        for name in self.scaled:
+            module = modules[name]
+            layer = module.conv2 if type(module).__name__ == "ResnetBlock2D" else module.to_out[0]
+            pairs.append((layer, self.scales[name.replace(".", "_")]))
+        return pairs
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, timesteps, class_labels=labels, return_dict=False)[0]
+
+
+def trainable_parameter_names(model: nn.Module, mode: str = "difffit") -> list[str]:
     """The parameters Minimax fine-tunes, by explicit rule.
 
-    ``difffit``: every bias of a linear or convolution, the class-embedding table(s) and the DiffFit scales
-    (the reference's set: about 1.74 M of DiT-XL/2's 675 M). ``full``: everything.
+    ``difffit``: every bias of a linear or convolution, the class-embedding table(s) and the DiffFit scales (the
+    reference's set: about 1.74 M of DiT-XL/2's 675 M); for a U-Net also the GroupNorm affine parameters (DiT's
+    norms have none: its adaLN weights are matrices, deliberately left frozen). ``full``: everything.
     """
     names = [n for n, _ in model.named_parameters()]
     if mode == "full":
@@ -207,10 +350,12 @@ def trainable_parameter_names(model: DiffFitDiT, mode: str = "difffit") -> list[
     for module_name, module in model.named_modules():
         if isinstance(module, nn.Linear | nn.Conv2d) and module.bias is not None:
             keep.add(f"{module_name}.bias")
-        if module_name.endswith("class_embedder.embedding_table"):
+        if module_name.endswith(("class_embedder.embedding_table", "unet.class_embedding")):
             keep.add(f"{module_name}.weight")
+        if isinstance(module, nn.GroupNorm) and module.affine:
+            keep.update({f"{module_name}.weight", f"{module_name}.bias"})
     keep.update(n for n in names if n.split(".")[0] in {"qkv_scale", "out_scale", "attn_branch_scale",
-                                                            "mlp_branch_scale"})
+                                                            "mlp_branch_scale", "scales"})
     return [n for n in names if n in keep]
 
 
@@ -231,7 +376,7 @@ class Backbone:
         info: free-form provenance (dataset, class names, source checkpoint).
     """
 
-    net: DiffFitDiT
+    net: DiffFitDiT | DiffFitUNet
     diffusion: GaussianDiffusion
     space: str
     image_channels: int
@@ -304,10 +449,17 @@ def save_backbone(backbone: Backbone, directory: str | Path, schedule: tuple[str
 
     target = Path(directory)
     tmp = temp_dir_beside(target)
-    with untied(backbone.net.transformer) as transformer:
-        transformer.save_pretrained(tmp / "transformer")
+    component = backbone.net.component
+    with folded_scales(backbone.net) as unfolded:
+        if component == "transformer":
+            with untied(backbone.net.transformer) as transformer:
+                transformer.save_pretrained(tmp / "transformer")
+        else:
+            backbone.net.inner.save_pretrained(tmp / component)
+    (tmp / "difffit").mkdir()
     save_file({k: v.detach().cpu().contiguous() for k, v in backbone.net.scales_state().items()},
-              str(tmp / "transformer" / "difffit.safetensors"))
+              str(tmp / "difffit" / "scales.safetensors"))
+    save_file(unfolded, str(tmp / "difffit" / "unfolded.safetensors"))
     if backbone.vae_decoder is not None:
         backbone.vae_decoder.save_pretrained(tmp / "vae")
     if backbone.vae_encoder is not None and backbone.vae_encoder is not backbone.vae_decoder:
@@ -316,8 +468,11 @@ def save_backbone(backbone: Backbone, directory: str | Path, schedule: tuple[str
     (tmp / "scheduler").mkdir()
     (tmp / "scheduler" / "scheduler_config.json").write_text(
         json.dumps(_scheduler_config(tuple(schedule), backbone.diffusion.prediction), indent=2))
-    index = {"_class_name": "DiTPipeline", "transformer": ["diffusers", "DiTTransformer2DModel"],
-             "scheduler": ["diffusers", "DDIMScheduler"]}
+    # diffusers' DiTPipeline needs a VAE and a transformer; every other model loads in gendistill's own pipeline
+    # (gendistill.generative.pipeline.GendistillPipeline), which reads the same layout.
+    dit_pipeline = component == "transformer" and backbone.vae_decoder is not None
+    index = {"_class_name": "DiTPipeline" if dit_pipeline else "GendistillPipeline",
+             component: ["diffusers", type(backbone.net.inner).__name__], "scheduler": ["diffusers", "DDIMScheduler"]}
     if backbone.vae_decoder is not None:
         index["vae"] = ["diffusers", "AutoencoderKL"]
     if backbone.id2label:
@@ -325,9 +480,42 @@ def save_backbone(backbone: Backbone, directory: str | Path, schedule: tuple[str
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
     meta = {"space": backbone.space, "image_channels": backbone.image_channels, "image_size": backbone.image_size,
             "latent_scale": backbone.latent_scale, **{k: v for k, v in backbone.info.items() if k != "schedule"},
-            "schedule": list(schedule)}
+            "schedule": list(schedule), "difffit": "folded"}
     (tmp / "gendistill.json").write_text(json.dumps(meta, indent=2))
+    from gendistill.generative.hub import write_model_card
+
+    write_model_card(tmp, meta)
     return replace_dir(tmp, target)
+
+
+@contextlib.contextmanager
+def folded_scales(net: nn.Module):
+    """Within the context the diffusers model alone computes ``net``: the DiffFit scales are folded (exactly) into the
+    layers they follow and set to 1. Yields the unfolded values of the changed parameters (keyed by the diffusers
+    model's parameter names); everything is restored on exit."""
+    names = {id(p): n for n, p in net.inner.named_parameters()}
+    scales = {n: p for n, p in net.named_parameters() if not n.startswith(net.component + ".")}
+    saved_scales = {n: p.detach().clone() for n, p in scales.items()}
+    unfolded: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for layer, scale in net.fold_targets():
+            scale = scale.detach().clone()
+            for param in (layer.weight, layer.bias):
+                if param is None:
+                    continue
+                unfolded[names[id(param)]] = param.detach().cpu().clone().contiguous()
+                param.mul_(scale.view(-1, *([1] * (param.dim() - 1))).to(param.dtype))
+        for p in scales.values():
+            p.fill_(1.0)
+    try:
+        yield unfolded
+    finally:
+        with torch.no_grad():
+            inner = dict(net.inner.named_parameters())
+            for name, value in unfolded.items():
+                inner[name].copy_(value.to(inner[name].device))
+            for n, p in scales.items():
+                p.copy_(saved_scales[n])
 
 
 def _from_pretrained(cls: Any, source: str, subfolder: str) -> Any:
@@ -364,6 +552,48 @@ def resize_pixels(pixels: torch.Tensor, size: int, clamp: bool = True) -> torch.
     return out.clamp(0, 1) if clamp else out
 
 
+def _load_difffit(net: nn.Module, path: Path, component: str, meta: dict[str, Any]) -> None:
+    """Restore the DiffFit state of a saved model: the unfolded weights and the scales (``difffit/``, beside weights
+    with the scales folded in), or a legacy ``<component>/difffit.safetensors`` beside unfolded weights. A folder
+    whose files contradict its record is refused: loading it either way would give a model that was never trained.
+    """
+    from safetensors.torch import load_file
+
+    legacy = path / component / "difffit.safetensors"
+    folder = path / "difffit"
+    folded = meta.get("difffit") == "folded"
+    if folded and legacy.is_file():
+        raise CheckpointError(f"{legacy} lies beside weights whose scales are folded in (gendistill.json says so): "
+                              "applying it would scale twice; delete the stray file or save the model again")
+    if folded and not (folder / "scales.safetensors").is_file():
+        raise CheckpointError(f"{path}: the weights have the DiffFit scales folded in but difffit/ is missing, so "
+                              "the model cannot be fine-tuned further as trained; copy difffit/ from the original "
+                              "folder (diffusers pipelines can still load the folded weights)")
+    if not folded and folder.exists():
+        raise CheckpointError(f"{folder} lies beside unfolded weights (gendistill.json does not record folding): "
+                              "the folder was assembled from two saves; save the model again")
+    if folded:
+        unfolded = load_file(str(folder / "unfolded.safetensors"))
+        params = dict(net.inner.named_parameters())
+        unknown = sorted(set(unfolded) - set(params))
+        if unknown:
+            raise CheckpointError(f"{folder / 'unfolded.safetensors'} names parameters this model lacks "
+                                  f"({unknown[0]}); pass the same scaled_blocks")
+        with torch.no_grad():
+            for name, value in unfolded.items():
+                params[name].copy_(value)
+        scales_file = folder / "scales.safetensors"
+    elif legacy.is_file():
+        scales_file = legacy
+    else:
+        return
+    state = load_file(str(scales_file))
+    expected = net.scales_state()
+    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
+        raise CheckpointError(f"{scales_file} does not match this model's DiffFit scales; pass the same scaled_blocks")
+    net.load_state_dict(state, strict=False)
+
+
 def _has(source: str, sub: str) -> bool:
     path = Path(source)
     return (path / sub).is_dir() if path.exists() else sub in ("vae",)
@@ -381,14 +611,17 @@ def load_backbone(source: str | Path, *, vae_encoder: str | None = None, vae_dec
         tie_embeddings: share one conditioning embedder across blocks (see :func:`tie_conditioning`).
         scaled_blocks: blocks that get DiffFit scales (default: the first half).
     """
-    from diffusers import DiTTransformer2DModel
+    from diffusers import DiTTransformer2DModel, UNet2DModel
 
-    source = str(source)
+    from gendistill.generative.hub import resolve_model_source
+
+    source = resolve_model_source(source)
     path = Path(source)
-    if path.exists() and not (path / "transformer").is_dir():
-        raise CheckpointError(f"{source} is not a DiT pipeline folder (no transformer/); expected the layout of "
-                              "facebook/DiT-XL-2-256 or a folder written by `gendistill pretrain`/`finetune`")
-    transformer = _from_pretrained(DiTTransformer2DModel, source, "transformer")
+    component = "unet" if path.exists() and (path / "unet").is_dir() else "transformer"
+    if path.exists() and not (path / component).is_dir():
+        raise CheckpointError(f"{source} is not a DiT pipeline folder (no transformer/ or unet/); expected the layout "
+                              "of facebook/DiT-XL-2-256 or a folder written by `gendistill pretrain`/`finetune`")
+    inner = _from_pretrained(UNet2DModel if component == "unet" else DiTTransformer2DModel, source, component)
     meta: dict[str, Any] = {}
     if path.exists() and (path / "gendistill.json").is_file():
         meta = json.loads((path / "gendistill.json").read_text())
@@ -399,23 +632,16 @@ def load_backbone(source: str | Path, *, vae_encoder: str | None = None, vae_dec
         from diffusers import DDPMScheduler
 
         scheduler = dict(_from_pretrained(DDPMScheduler, source, "scheduler").config)
-    learn_sigma = transformer.config.out_channels == 2 * transformer.config.in_channels
+    learn_sigma = inner.config.out_channels == 2 * inner.config.in_channels
     schedule = (scheduler.get("beta_schedule", "linear"), int(scheduler.get("num_train_timesteps", 1000)),
                 float(scheduler.get("beta_start", 1e-4)), float(scheduler.get("beta_end", 0.02)))
     prediction = scheduler.get("prediction_type", "epsilon")
     if prediction not in ("epsilon", "v_prediction"):
         raise CheckpointError(f"{source}: prediction_type {prediction!r} is not supported (epsilon or v_prediction)")
     diffusion = GaussianDiffusion.from_schedule(*schedule, learn_sigma=learn_sigma, prediction=prediction)
-    net = DiffFitDiT(transformer, scaled_blocks, tie_embeddings)
-    scales = path / "transformer" / "difffit.safetensors"
-    if path.exists() and scales.is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(str(scales))
-        expected = net.scales_state()
-        if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
-            raise CheckpointError(f"{scales} does not match this model's DiffFit scales; pass the same scaled_blocks")
-        net.load_state_dict(state, strict=False)
+    net = DiffFitUNet(inner) if component == "unet" else DiffFitDiT(inner, scaled_blocks, tie_embeddings)
+    if path.exists():
+        _load_difffit(net, path, component, meta)
     space = meta.get("space") or ("latent" if (vae_decoder or _has(source, "vae")) else "pixel")
     enc = dec = None
     if space == "latent":
@@ -423,11 +649,11 @@ def load_backbone(source: str | Path, *, vae_encoder: str | None = None, vae_dec
         enc, dec, factor, latent_scale = load_vaes(vae_decoder or source, "" if vae_decoder else "vae",
                                                    source if own_encoder else vae_encoder,
                                                    "vae_encoder" if own_encoder else "")
-        image_size = transformer.config.sample_size * factor
+        image_size = net.sample_size * factor
         image_channels = dec.config.out_channels
     else:
-        image_size = transformer.config.sample_size
-        image_channels = transformer.config.in_channels
+        image_size = net.sample_size
+        image_channels = net.in_channels
         latent_scale = 1.0
     id2label = None
     index = path / "model_index.json"

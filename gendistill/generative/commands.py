@@ -41,7 +41,29 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse
         else:
             p.add_argument("--resume", nargs="?", const="latest", default=None,
                            help="continue from the newest checkpoint (--resume or --resume latest)")
-    return dict.fromkeys(COMMANDS, run)
+    sub.add_parser("models", help="the shipped pretrained generators (gendistill/<name>) with their cards' figures")
+    return {**dict.fromkeys(COMMANDS, run), "models": list_models}
+
+
+def list_models(args: argparse.Namespace) -> int:
+    """``gendistill models``: one line per shipped model with the key figures of its card."""
+    from gendistill.generative.hub import card_metadata, shipped_models
+
+    models = shipped_models()
+    if not models:
+        print("no shipped models in this installation")
+        return 0
+    for name, folder in models.items():
+        meta = card_metadata(folder)
+        info = meta.get("gendistill", {})
+        metrics = {m["type"]: m["value"] for r in meta.get("model-index", [{}])[0].get("results", [])
+                   for m in r.get("metrics", [])} if meta.get("model-index") else {}
+        size = sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 2**20
+        quality = "  ".join(f"{k} {metrics[k]:.3g}" for k in ("precision", "recall", "fd") if k in metrics)
+        print(f"{name:28s} {','.join(meta.get('datasets', [])):14s} {info.get('arch', '?'):24s} "
+              f"{info.get('steps', '?')} steps, {info.get('train_time_s', 0) / 60:.0f} min, {size:.1f} MB  {quality}")
+    print("use one with --set pretrained=NAME (e.g. gendistill distill --method minimax --preset cpu ...)")
+    return 0
 
 
 def _config(args: argparse.Namespace, ipc: int):

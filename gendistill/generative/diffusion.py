@@ -201,13 +201,25 @@ class GaussianDiffusion:
         return frozen + (x0_hat - frozen) / scale
 
     # ------------------------------------------------------------------------------------------------ training
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        """Signal-to-noise ratio ``abar / (1 - abar)`` at chain steps ``t`` (float32)."""
+        abar = self.alphas_cumprod.to(t.device)[t]
+        return (abar / (1.0 - abar)).float()
+
+    def min_snr_weight(self, t: torch.Tensor, gamma: float) -> torch.Tensor:
+        """Min-SNR-gamma weights of the MSE term (Hang et al., ICCV 2023): ``min(SNR, gamma) / SNR`` for
+        epsilon-prediction and ``min(SNR, gamma) / (SNR + 1)`` for v-prediction, which weight each step's x0 error
+        by ``min(SNR, gamma)``."""
+        snr = self.snr(t)
+        return snr.clamp(max=gamma) / (snr if self.prediction == "epsilon" else snr + 1.0)
+
     def training_losses(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
-                        t: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+                        t: torch.Tensor, noise: torch.Tensor, min_snr_gamma: float = 0.0) -> dict[str, torch.Tensor]:
         """Per-sample losses at timesteps ``t`` (indices into this chain).
 
-        Returns:
-            ``loss`` (MSE on the prediction target + VB), ``mse``, ``vb`` (zeros for fixed variance), and
-            ``x0_hat`` with its gradient.
+        ``min_snr_gamma`` > 0 weights the MSE term by :meth:`min_snr_weight` (an option for pretraining; the VB
+        term, which trains the variance, is not weighted). Returns ``loss`` (weighted MSE on the prediction target
+        + VB), ``mse`` (unweighted), ``vb`` (zeros for fixed variance), and ``x0_hat`` with its gradient.
         """
         x_t = self.q_sample(x0, t, noise)
         output = model(x_t, self.timestep_map.to(t.device)[t])
@@ -225,7 +237,8 @@ class GaussianDiffusion:
             vb = self._vb_bits(frozen, x0, x_t, t)
         else:
             vb = torch.zeros_like(mse)
-        return {"loss": mse + vb, "mse": mse, "vb": vb, "x0_hat": x0_hat}
+        weighted = mse * self.min_snr_weight(t, min_snr_gamma).to(mse.dtype) if min_snr_gamma > 0 else mse
+        return {"loss": weighted + vb, "mse": mse, "vb": vb, "x0_hat": x0_hat}
 
     def _vb_bits(self, output: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         true_mean, true_log_var = self.q_posterior(x0, x_t, t)

@@ -25,7 +25,18 @@ import torch
 from gendistill.data.datasets import RealDataset
 from gendistill.data.preprocessing import Preprocessing
 from gendistill.distiller import BaseConfig, Distiller, budget_field
-from gendistill.generative.backbone import Backbone, DiffFitDiT, build_dit, load_backbone, load_vaes, resize_pixels
+from gendistill.generative.autoencoder import AutoencoderSpec, train_autoencoder
+from gendistill.generative.backbone import (
+    Backbone,
+    DiffFitDiT,
+    DiffFitUNet,
+    build_dit,
+    build_unet,
+    load_backbone,
+    load_vaes,
+    parse_unet_arch,
+    resize_pixels,
+)
 from gendistill.generative.diffusion import GaussianDiffusion
 from gendistill.generative.sample import image_seeds, sample_images
 from gendistill.generative.train import TrainSpec, train_backbone
@@ -52,12 +63,23 @@ class MinimaxConfig(BaseConfig):
         tie_embeddings: share one conditioning embedder across the diffusers blocks.
         scaled_blocks: blocks with DiffFit scales (-1 = the first half).
         class_ids: model class index of each dataset class (empty = automatic: ImageNet wnids, or identity).
-        arch: DiT size for pretraining (``DiT-S/2`` ... ``DiT-XL/2`` or ``custom-D<d>-W<w>-H<h>/<p>``).
-        space: ``pixel``, ``latent`` or ``auto`` (pixel space up to 64 px) for pretraining.
+        arch: the backbone to pretrain: a DiT (``DiT-S/2`` ... ``DiT-XL/2`` or ``custom-D<d>-W<w>-H<h>/<p>``) or a
+            class-conditional U-Net (``unet-C<c1>-<c2>-...[-A<attention levels>][-L<blocks per level>]``, e.g.
+            ``unet-C32-64-64-A1``; diffusers ``UNet2DModel``, a second backbone with DiffFit-style scales).
+        space: ``pixel``, ``latent`` or ``auto`` (pixel space up to 64 px) for pretraining. ``latent`` without
+            ``vae_decoder`` first trains a small ``AutoencoderKL`` on the dataset (``vae_*`` settings).
+        vae_channels / vae_latent_channels: that autoencoder's channels per level (levels - 1 halvings) and latent
+            channels.
+        vae_steps / vae_batch_size / vae_lr / vae_kl_weight: its training (L1 + L2 reconstruction, small KL).
         prediction: network target for pretraining: ``epsilon`` (as DiT) or ``v_prediction``, which learns the
             high-noise steps much sooner on a small budget (the chain, sampler and Minimax losses are unchanged;
             a loaded model keeps the target it was trained with).
         pretrain_*: pretraining steps, global batch, AdamW lr and EMA decay (DiT: lr 1e-4, EMA 0.9999).
+        pretrain_min_snr_gamma: labelled option: min-SNR-gamma loss weighting (Hang et al., ICCV 2023; 0 = off, the
+            reference's plain MSE).
+        pretrain_ema_halflife_kimg / pretrain_ema_rampup: labelled option: EMA by half-life in thousands of images
+            with ramp-up (EDM; 0 = the fixed ``pretrain_ema_decay``).
+        pretrain_warmup_steps: linear learning-rate warm-up steps (0 = none).
         finetune_steps: fine-tuning iterations (the reference samples the 12,000-iteration checkpoint).
         batch_size: global fine-tuning batch (8).
         lr / weight_decay: AdamW (1e-3, 0).
@@ -80,7 +102,12 @@ class MinimaxConfig(BaseConfig):
         mixed_precision: ``no``, ``bf16`` or ``fp16`` (accelerate).
         checkpoint_every / log_every: training checkpoint and log intervals (steps).
         tracker: ``tensorboard`` or ``wandb`` (empty = none).
-        sample_steps: respaced ancestral sampling steps (50).
+        sample_steps: sampling steps (50, respaced, as the reference).
+        sampler: ``ancestral`` (the reference's DDPM sampler on the respaced chain) or ``dpmsolver++`` (labelled
+            option: diffusers' ``DPMSolverMultistepScheduler``, 2nd order, deterministic given the start noise; fewer
+            steps for the same quality).
+        cfg_interval: guidance interval (Kynkaenniemi et al., NeurIPS 2024): guide only at chain timesteps ``t`` with
+            ``lo <= t <= hi`` (of 0..999); ``[0, 1000]`` = every step (the reference).
         cfg_scale: classifier-free guidance (4.0 for DiT-XL/2; 1 = off).
         cfg_channels: epsilon channels guided (3 as DiT; 0 = all).
         sample_batch_size: images per sampling batch.
@@ -89,6 +116,11 @@ class MinimaxConfig(BaseConfig):
         select: ``first``, ``kcenter`` (in a real-data-trained ConvNet's feature space) or ``confidence``
             (that ConvNet's probability of the intended class).
         select_epochs: training epochs of that ConvNet.
+        sample_seed: seed of the sampling noise (-1 = the run's seed); several sets from one trained model differ
+            only in it (bench ``sample_seeds``).
+        stage_cache: a folder where the trained stages live under a hash of the settings that made them
+            (``pretrain-<hash>/``, ``finetune-<hash>/``), reused by every run with the same training settings ("" =
+            inside the run folder). ``gendistill bench`` sets it to ``<out>/stages``.
     """
 
     pretrained: str = ""
@@ -101,11 +133,21 @@ class MinimaxConfig(BaseConfig):
     arch: str = "DiT-S/2"
     space: str = "auto"
     prediction: str = "epsilon"
+    vae_channels: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 64])
+    vae_latent_channels: int = 4
+    vae_steps: int = budget_field(3000)
+    vae_batch_size: int = 64
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
     pretrain_steps: int = budget_field(400000)
     pretrain_batch_size: int = 256
     pretrain_lr: float = 1e-4
     pretrain_ema_decay: float = 0.9999
     pretrain_max_grad_norm: float = 0.0
+    pretrain_min_snr_gamma: float = 0.0
+    pretrain_ema_halflife_kimg: float = 0.0
+    pretrain_ema_rampup: float = 0.05
+    pretrain_warmup_steps: int = 0
     finetune_steps: int = budget_field(12000)
     batch_size: int = 8
     lr: float = 1e-3
@@ -127,6 +169,8 @@ class MinimaxConfig(BaseConfig):
     log_every: int = 50
     tracker: str = ""
     sample_steps: int = 50
+    sampler: str = "ancestral"
+    cfg_interval: list[float] = dataclasses.field(default_factory=lambda: [0.0, 1000.0])
     cfg_scale: float = 4.0
     cfg_channels: int = 3
     sample_batch_size: int = 64
@@ -134,6 +178,8 @@ class MinimaxConfig(BaseConfig):
     oversample: float = 1.0
     select: str = "first"
     select_epochs: int = 2
+    sample_seed: int = -1
+    stage_cache: str = ""
 
     def __post_init__(self) -> None:
         checks = [
@@ -147,6 +193,11 @@ class MinimaxConfig(BaseConfig):
             (self.oversample >= 1.0, "oversample must be >= 1"),
             (self.memory_size >= 1, "memory_size must be >= 1"),
             (self.sample_steps >= 2, "sample_steps must be >= 2"),
+            (self.sampler in ("ancestral", "dpmsolver++"), "sampler must be ancestral or dpmsolver++"),
+            (len(self.cfg_interval) == 2 and self.cfg_interval[0] <= self.cfg_interval[1],
+             "cfg_interval must be [lo, hi] with lo <= hi (chain timesteps 0..999)"),
+            (len(self.vae_channels) >= 1 and self.vae_latent_channels >= 1, "vae_channels and vae_latent_channels "
+             "must be non-empty / positive"),
             (self.batch_size >= 1 and self.pretrain_batch_size >= 1, "batch sizes must be >= 1"),
             (0.0 <= self.ema_decay < 1.0 and 0.0 <= self.pretrain_ema_decay < 1.0, "EMA decays must be in [0, 1)"),
             (self.tracker in ("", "tensorboard", "wandb"), "tracker must be empty, tensorboard or wandb"),
@@ -214,28 +265,40 @@ def resolve_class_ids(backbone: Backbone, train: RealDataset, explicit: list[int
 
 
 # ------------------------------------------------------------------------------------------------- stages
-def new_backbone(train: RealDataset, config: MinimaxConfig, seed: int) -> Backbone:
-    """A randomly initialised DiT for ``train`` (pixel space up to 64 px unless ``space`` says otherwise)."""
+def new_backbone(train: RealDataset, config: MinimaxConfig, seed: int, vae: str | Path | None = None) -> Backbone:
+    """A randomly initialised DiT or U-Net for ``train`` (pixel space up to 64 px unless ``space`` says otherwise);
+    ``vae`` is the latent space's autoencoder when ``config.vae_decoder`` names none."""
     c, h, w = train.image_shape
     if h != w:
-        raise ConfigError(f"{train.name} images are {h}x{w}; DiT pretraining needs square images")
+        raise ConfigError(f"{train.name} images are {h}x{w}; diffusion pretraining needs square images")
     space = config.space if config.space != "auto" else ("pixel" if h <= 64 else "latent")
     enc = dec = None
     if space == "latent":
-        if not config.vae_decoder:
+        decoder = config.vae_decoder or (str(vae) if vae else "")
+        if not decoder:
             raise ConfigError("latent-space pretraining needs a VAE: --set vae_decoder=stabilityai/sd-vae-ft-mse "
-                              "(a local folder or hub id), or --set space=pixel")
-        enc, dec, factor, scale = load_vaes(config.vae_decoder, encoder=config.vae_encoder or None)
+                              "(a local folder or hub id), or let pretraining train one on the dataset")
+        enc, dec, factor, scale = load_vaes(decoder, encoder=config.vae_encoder or None)
         if h % factor:
             raise ConfigError(f"{h}px images do not divide by the VAE's downsampling factor {factor}")
         net_channels, net_size = dec.config.latent_channels, h // factor
     else:
         net_channels, net_size, scale = c, h, 1.0
-    transformer = build_dit(config.arch, net_channels, net_size, train.num_classes, learn_sigma=True, seed=seed)
-    net = DiffFitDiT(transformer, None if config.scaled_blocks < 0 else config.scaled_blocks)
+    if parse_unet_arch(config.arch) is not None:
+        net = DiffFitUNet(build_unet(config.arch, net_channels, net_size, train.num_classes, learn_sigma=True,
+                                     seed=seed))
+    else:
+        transformer = build_dit(config.arch, net_channels, net_size, train.num_classes, learn_sigma=True, seed=seed)
+        net = DiffFitDiT(transformer, None if config.scaled_blocks < 0 else config.scaled_blocks)
     return Backbone(net, GaussianDiffusion.linear(prediction=config.prediction), space, c, h, enc, dec, scale,
                     id2label=dict(enumerate(train.class_names)),
                     info={"dataset": train.name, "class_names": list(train.class_names), "arch": config.arch})
+
+
+def autoencoder_spec(config: MinimaxConfig) -> AutoencoderSpec:
+    """The dataset autoencoder's settings from the ``vae_*`` fields."""
+    return AutoencoderSpec(tuple(config.vae_channels), config.vae_latent_channels, config.vae_steps,
+                           config.vae_batch_size, config.vae_lr, config.vae_kl_weight)
 
 
 def load_model(source: str | Path, config: MinimaxConfig) -> Backbone:
@@ -243,6 +306,33 @@ def load_model(source: str | Path, config: MinimaxConfig) -> Backbone:
     return load_backbone(source, vae_encoder=config.vae_encoder or None, vae_decoder=config.vae_decoder or None,
                          tie_embeddings=config.tie_embeddings,
                          scaled_blocks=None if config.scaled_blocks < 0 else config.scaled_blocks)
+
+
+#: fields that change what a stage trains (besides its TrainSpec); the rest only change sampling or bookkeeping
+_MODEL_FIELDS = ("pretrained", "resolution", "vae_encoder", "vae_decoder", "tie_embeddings", "scaled_blocks",
+                 "class_ids", "arch", "space", "prediction", "vae_channels", "vae_latent_channels", "vae_steps",
+                 "vae_batch_size", "vae_lr", "vae_kl_weight")
+_NOT_TRAINING = {"device", "checkpoint_every", "log_every", "tracker", "checkpoints_total_limit"}
+
+
+def stage_key(config: MinimaxConfig, stage: str, dataset: str, seed: int, source: str = "") -> str:
+    """A short hash of everything that determines what ``stage`` trains: its :class:`TrainSpec` (minus bookkeeping),
+    the model settings, the dataset, the seed and (fine-tuning) the model it starts from."""
+    import hashlib
+    import json
+
+    spec = {k: v for k, v in dataclasses.asdict(config.train_spec(stage)).items() if k not in _NOT_TRAINING}
+    model = {k: getattr(config, k) for k in _MODEL_FIELDS}
+    blob = json.dumps({"stage": stage, "spec": spec, "model": model, "dataset": dataset, "seed": seed,
+                       "source": source}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def stage_folder(config: MinimaxConfig, run_out: Path, stage: str, dataset: str, seed: int, source: str = "") -> Path:
+    """Where ``stage`` trains: ``<run>/<stage>`` or, with ``stage_cache``, the shared ``<cache>/<stage>-<hash>``."""
+    if not config.stage_cache:
+        return run_out / stage
+    return Path(config.stage_cache) / f"{stage}-{stage_key(config, stage, dataset, seed, source)}"
 
 
 def _stage_finished(out: Path, resume: bool) -> bool:
@@ -261,7 +351,11 @@ def pretrain(train: RealDataset, config: MinimaxConfig, out: str | Path, *, seed
     out = Path(out)
     if _stage_finished(out, resume):
         return out / "model"
-    backbone = new_backbone(train, config, seed)
+    vae = None
+    if config.space == "latent" and not config.vae_decoder:
+        vae = train_autoencoder(train, autoencoder_spec(config), out / "autoencoder", seed=seed, resume=resume,
+                                progress=progress, device=config.device)
+    backbone = new_backbone(train, config, seed, vae)
     backbone.info.update(record or {})
     return train_backbone(backbone, train, torch.arange(train.num_classes), config.train_spec("pretrain"), out,
                           seed=seed, resume=resume, progress=progress)
@@ -315,7 +409,8 @@ def generate(backbone: Backbone, train: RealDataset, ipc: int, config: MinimaxCo
     backbone.to(config.device)
     pixels = sample_images(backbone, class_ids[labels], seeds, steps=config.sample_steps, cfg_scale=config.cfg_scale,
                            guided_channels=config.cfg_channels, batch_size=config.sample_batch_size,
-                           autocast_dtype=dtype, progress=progress)
+                           autocast_dtype=dtype, progress=progress, sampler=config.sampler,
+                           cfg_interval=(config.cfg_interval[0], config.cfg_interval[1]))
     keep = _select(pixels, labels, train, ipc, config, seed) if per_class > ipc else torch.arange(len(labels))
     return pixels[keep], labels[keep], seeds[keep]
 
@@ -353,21 +448,25 @@ class MinimaxDistiller(Distiller):
         """(pretrain ->) (fine-tune ->) sample, each stage in ``out/<stage>`` and skipped when finished."""
         config: MinimaxConfig = self.config
         times: dict[str, float] = {}
+        shared = bool(config.stage_cache)
         clock = time.perf_counter()
-        source = config.pretrained or pretrain(train, config, out / "pretrain", seed=seed, resume=resume,
-                                               progress=progress)
+        source = config.pretrained or pretrain(train, config, stage_folder(config, out, "pretrain", train.name, seed),
+                                               seed=seed, resume=resume or shared, progress=progress)
         times["pretrain_s"] = time.perf_counter() - clock
         backbone = load_model(source, config)
         if self.finetunes and config.finetune_steps > 0:
             clock = time.perf_counter()
-            backbone = load_model(finetune(backbone, train, config, out / "finetune", seed=seed, resume=resume,
-                                           progress=progress), config)
+            folder = stage_folder(config, out, "finetune", train.name, seed, str(source))
+            source = finetune(backbone, train, config, folder, seed=seed, resume=resume or shared, progress=progress)
+            backbone = load_model(source, config)
             times["finetune_s"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        pixels, labels, seeds = generate(backbone, train, ipc, config, seed=seed, progress=progress)
+        sample_seed = config.sample_seed if config.sample_seed >= 0 else seed
+        pixels, labels, seeds = generate(backbone, train, ipc, config, seed=sample_seed, progress=progress)
         times["sample_s"] = time.perf_counter() - clock
         synset = to_synset(self, train, pixels, labels, seeds, ipc, seed, out if keep else None)
-        synset.meta.update(stage_times=times, backbone=str(source) if keep or config.pretrained else "temporary")
+        synset.meta.update(stage_times=times, sample_seed=sample_seed,
+                           backbone=str(source) if keep or config.pretrained or shared else "temporary")
         return synset
 
 

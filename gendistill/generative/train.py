@@ -56,6 +56,10 @@ class TrainSpec:
     checkpoints_total_limit: int = 2
     log_every: int = 50
     tracker: str = ""
+    min_snr_gamma: float = 0.0
+    ema_halflife_kimg: float = 0.0
+    ema_rampup: float = 0.05
+    warmup_steps: int = 0
 
     @property
     def minimax(self) -> bool:
@@ -63,18 +67,35 @@ class TrainSpec:
 
 
 class EMA:
-    """Exponential moving average of named parameters (``shadow = decay * shadow + (1 - decay) * param``)."""
+    """Exponential moving average of named parameters (``shadow = decay * shadow + (1 - decay) * param``).
 
-    def __init__(self, named: dict[str, torch.nn.Parameter], decay: float) -> None:
+    A fixed ``decay`` (the reference's 0.9999), or, with ``halflife_kimg`` > 0, EDM's half-life in images seen
+    (Karras et al., NeurIPS 2022): after ``nimg`` images the decay per step of ``batch`` images is
+    ``0.5 ** (batch / h)`` with ``h = min(halflife_kimg * 1000, rampup * nimg)``, so early weights are forgotten
+    quickly and a short run is not dominated by its initialisation (a fixed 0.9999 is wrong for 12k steps).
+    """
+
+    def __init__(self, named: dict[str, torch.nn.Parameter], decay: float, halflife_kimg: float = 0.0,
+                 rampup: float = 0.05, batch: int = 1) -> None:
         self.decay = decay
+        self.halflife_kimg, self.rampup, self.batch = halflife_kimg, rampup, batch
         self.params = named
         self.shadow = {k: p.detach().clone() for k, p in named.items()}
 
+    def decay_at(self, step: int) -> float:
+        """The decay applied after step ``step`` (0-based)."""
+        if self.halflife_kimg <= 0:
+            return self.decay
+        half = self.halflife_kimg * 1000.0
+        if self.rampup > 0:
+            half = min(half, (step + 1) * self.batch * self.rampup)
+        return 0.5 ** (self.batch / max(half, 1e-8))
+
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, step: int = 0) -> None:
         keys = list(self.params)
         torch._foreach_lerp_([self.shadow[k] for k in keys], [self.params[k].detach() for k in keys],
-                             1.0 - self.decay)
+                             1.0 - self.decay_at(step))
 
     @torch.no_grad()
     def copy_to_params(self) -> None:
@@ -197,7 +218,7 @@ def train_backbone(backbone: Backbone, train: RealDataset, class_ids: torch.Tens
         p.requires_grad_(name in names)
     trainable = {k: named[k] for k in named if k in names}
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=spec.lr, weight_decay=spec.weight_decay)
-    ema = EMA(trainable, spec.ema_decay)
+    ema = EMA(trainable, spec.ema_decay, spec.ema_halflife_kimg, spec.ema_rampup, spec.batch_size)
     to_minimax_space = _minimax_space(backbone, train, spec, seed, device) if spec.minimax else None
     memories = (MinimaxMemories(train.num_classes, spec.memory_size, to_minimax_space.dim, device)
                 if to_minimax_space is not None else None)
@@ -246,7 +267,7 @@ def train_backbone(backbone: Backbone, train: RealDataset, class_ids: torch.Tens
         y = torch.where(drop[mine].to(device), null, class_ids[labels[mine].to(device)])
         with accelerator.autocast():
             out_terms = diffusion.training_losses(lambda x, tt, y=y: model(x, tt, y), x0, t[mine].to(device),
-                                                  noise[mine].to(device))
+                                                  noise[mine].to(device), min_snr_gamma=spec.min_snr_gamma)
         loss = out_terms["loss"].mean()
         logs = {"loss_diffusion": loss.detach(), "mse": out_terms["mse"].mean().detach()}
         terms = {"diffusion": loss}
@@ -267,9 +288,12 @@ def train_backbone(backbone: Backbone, train: RealDataset, class_ids: torch.Tens
         accelerator.backward(loss)
         if spec.max_grad_norm > 0:
             accelerator.clip_grad_norm_(list(trainable.values()), spec.max_grad_norm)
+        if spec.warmup_steps > 0:  # linear warm-up, a function of the step alone (nothing to checkpoint)
+            for group in optimizer.param_groups:
+                group["lr"] = spec.lr * min(1.0, (step + 1) / spec.warmup_steps)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        ema.update()
+        ema.update(step)
         state.step = step + 1
         bar.update(1)
         last = state.step == spec.steps
