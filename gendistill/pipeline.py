@@ -18,6 +18,7 @@ from gendistill.synset.format import SyntheticSet, check_ipc, environment_meta
 from gendistill.utils.atomic import atomic_json, atomic_text
 from gendistill.utils.config import config_to_dict
 from gendistill.utils.errors import ConfigError, GendistillError
+from gendistill.utils.locks import folder_lock
 from gendistill.utils.resources import peak_memory_mb
 
 __all__ = ["aggregate_distillations", "distill", "distill_seeds", "evaluate_run", "load_for_synset"]
@@ -40,35 +41,52 @@ def distill(method: str, splits: DatasetSplits, ipc: int, out: str | Path | None
     config = resolve_config(method, splits.name, ipc, preset=preset, config_file=config_file, overrides=overrides)
     reductions = preset_reductions(method, splits, ipc, config, preset)
     start = time.perf_counter()
-    run = None
     if out is not None:
-        run = RunDir(out, resume=resume, checkpoint_every=checkpoint_every, log_every=log_every,
-                     grid_every=grid_every, progress=progress, overwrite=overwrite)
-        record = {"method": method, "dataset": splits.name, "ipc": ipc, "seed": seed, "preset": preset,
-                  "zca": (splits.train.preprocessing.zca.variant if splits.train.preprocessing.zca else "none"),
-                  "config_file": str(config_file) if config_file else None, "overrides": list(overrides or []),
-                  "data": dict(splits.source), "config": config_to_dict(config)}
-        try:
-            run.write_config(record, defaults={"config": config_to_dict(info.config_cls())})
-            if resume and (Path(out) / "synset" / "synset.json").is_file():
-                return SyntheticSet.load(Path(out) / "synset")  # a finished run: nothing left to do
-            start = time.perf_counter()
-            synset = info.cls(config).distill(splits.train, ipc, seed=seed, run=run, progress=progress)
-        except GendistillError:
-            # bad input (refused before any work): leave no stray run folder; never delete trained work
-            if run.created and {p.name for p in run.path.iterdir()} <= {"config.yaml", "env.json"}:
-                shutil.rmtree(run.path, ignore_errors=True)
-            raise
-    else:
-        synset = info.cls(config).distill(splits.train, ipc, seed=seed, progress=progress)
+        with folder_lock(out):  # a second process writing the same folder is refused, naming the holder
+            return _distill_into(info, config, splits, ipc, Path(out), seed=seed, preset=preset,
+                                 config_file=config_file, overrides=overrides, reductions=reductions, resume=resume,
+                                 progress=progress, checkpoint_every=checkpoint_every, log_every=log_every,
+                                 grid_every=grid_every, overwrite=overwrite)
+    synset = info.cls(config).distill(splits.train, ipc, seed=seed, progress=progress)
+    return _stamp(synset, start, config, preset, reductions, overrides, config_file, splits)
+
+
+def _stamp(synset: SyntheticSet, start: float, config: Any, preset: str | None, reductions: list[str],
+           overrides: list[str] | None, config_file: str | Path | None, splits: DatasetSplits) -> SyntheticSet:
+    """Cost, budget and environment records of a finished distillation."""
     synset.meta.setdefault("distill_time_s", time.perf_counter() - start)
     synset.meta["distill_peak_memory_mb"] = peak_memory_mb(getattr(config, "device", "cpu"))  # this process's
     stamp_budget(synset, preset, reductions, overrides, config_file, splits)
     synset.meta["environment"] = environment_meta()
-    if run is not None:
-        synset.save(Path(out) / "synset")
-        if run.checkpoint_path.is_file():
-            run.checkpoint_path.unlink()  # the finished synset supersedes the last checkpoint
+    return synset
+
+
+def _distill_into(info: Any, config: Any, splits: DatasetSplits, ipc: int, out: Path, *, seed: int,
+                  preset: str | None, config_file: str | Path | None, overrides: list[str] | None,
+                  reductions: list[str], resume: bool, progress: bool, checkpoint_every: int, log_every: int,
+                  grid_every: int, overwrite: bool) -> SyntheticSet:
+    """:func:`distill` into the run folder ``out`` (held by this process). ``info`` is the method's registry record."""
+    run = RunDir(out, resume=resume, checkpoint_every=checkpoint_every, log_every=log_every, grid_every=grid_every,
+                 progress=progress, overwrite=overwrite)
+    record = {"method": info.name, "dataset": splits.name, "ipc": ipc, "seed": seed, "preset": preset,
+              "zca": (splits.train.preprocessing.zca.variant if splits.train.preprocessing.zca else "none"),
+              "config_file": str(config_file) if config_file else None, "overrides": list(overrides or []),
+              "data": dict(splits.source), "config": config_to_dict(config)}
+    try:
+        run.write_config(record, defaults={"config": config_to_dict(info.config_cls())})
+        if resume and (out / "synset" / "synset.json").is_file():
+            return SyntheticSet.load(out / "synset")  # a finished run: nothing left to do
+        start = time.perf_counter()
+        synset = info.cls(config).distill(splits.train, ipc, seed=seed, run=run, progress=progress)
+    except GendistillError:
+        # bad input (refused before any work): leave no stray run folder; never delete trained work
+        if run.created and {p.name for p in run.path.iterdir()} <= {"config.yaml", "env.json"}:
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+    synset = _stamp(synset, start, config, preset, reductions, overrides, config_file, splits)
+    synset.save(out / "synset")
+    if run.checkpoint_path.is_file():
+        run.checkpoint_path.unlink()  # the finished synset supersedes the last checkpoint
     return synset
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from gendistill.bench.spec import BenchSpec, DistillCell, EvalCell, parse_spec
 from gendistill.utils.atomic import atomic_json
 from gendistill.utils.errors import ConfigError, GendistillError
+from gendistill.utils.locks import FolderLockedError, StageBusyError, deferring_busy_stages, folder_lock
 from gendistill.utils.resources import peak_memory_mb
 
 __all__ = ["collect_cells", "robust_scores", "run_bench", "run_distill_cell"]
@@ -71,6 +72,7 @@ def run_distill_cell(spec_dict: dict[str, Any], cell_index: int, out: str, data_
             synset = SyntheticSet.load(run_dir / "synset")
         else:
             start = time.perf_counter()
+            _event(Path(out), cell.id, "distill")
             overrides = list(cell.method.set) + _cell_overrides(spec, cell, Path(out))
             if spec.device != "cpu" and not any(o.startswith("device=") for o in overrides):
                 overrides.append(f"device={spec.device}")
@@ -81,6 +83,8 @@ def run_distill_cell(spec_dict: dict[str, Any], cell_index: int, out: str, data_
                                                 "distill_peak_rss_mb": peak_memory_mb(),
                                                 "device": _device_name(spec.device)})
         failed.unlink(missing_ok=True)
+    except StageBusyError:
+        raise  # another process trains a stage this cell shares: the scheduler comes back to it
     except Exception as exc:  # a failed cell is recorded and does not stop the others
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -92,6 +96,18 @@ def run_distill_cell(spec_dict: dict[str, Any], cell_index: int, out: str, data_
     for ecell in spec.eval_cells(cell):
         _run_eval_cell(spec, ecell, synset, splits, run_dir, progress)
     return cell.id
+
+
+def _event(out: Path, cell: str, event: str) -> None:
+    """Append ``{time, host, pid, cell, event}`` to ``out/events.jsonl`` (one short O_APPEND write: lines from
+    several processes do not interleave), so a folder shows which process did what."""
+    import os
+    import socket
+
+    line = json.dumps({"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), "cell": cell,
+                       "event": event}) + "\n"
+    with open(out / "events.jsonl", "a") as fh:
+        fh.write(line)
 
 
 def _cell_overrides(spec: BenchSpec, cell: DistillCell, out: Path) -> list[str]:
@@ -307,8 +323,6 @@ def _dispatch_ray(spec: BenchSpec, out: Path, data_root: str | None, cluster: st
 def run_bench(spec: BenchSpec, out: str | Path, *, data_root: str | None = None, cluster: str | None = None,
               progress: bool = True, leaderboard: bool = True) -> list[dict[str, Any]]:
     """Run every missing cell of ``spec`` into ``out`` and write ``cells.json`` and the leaderboard."""
-    from tqdm.auto import tqdm
-
     from gendistill.data.datasets import resolve_data_root
 
     out = Path(out)
@@ -324,13 +338,40 @@ def run_bench(spec: BenchSpec, out: str | Path, *, data_root: str | None = None,
     if cluster:
         _dispatch_ray(spec, out, data_root, cluster, missing)
     else:
-        for i in tqdm(missing, desc=f"bench {spec.name}", unit="cell", disable=not progress):
-            run_distill_cell(spec.to_dict(), i, str(out), data_root, progress)
+        _run_claimed(spec, out, data_root, missing, progress)
     records = collect_cells(spec, out)
     atomic_json(out / "cells.json", records)
     if leaderboard:
         write_bench_leaderboard(spec, out, records)
     return records
+
+
+def _run_claimed(spec: BenchSpec, out: Path, data_root: str | None, indices: list[int], progress: bool) -> None:
+    """Run the cells in this process, claiming each first, so that N processes started on one spec and folder (on
+    one machine or several sharing it) split the matrix: a cell claimed by another live process - or one whose shared
+    trained stage another process is still training - is put back and retried after the others; a cell whose holder
+    died is taken over."""
+    from tqdm.auto import tqdm
+
+    cells = spec.distill_cells()
+    claims = out / "claims"
+    queue = list(indices)
+    bar = tqdm(total=len(queue), desc=f"bench {spec.name}", unit="cell", disable=not progress)
+    while queue:
+        deferred = []
+        for i in queue:
+            try:
+                with folder_lock(claims / cells[i].id, what="bench cell"), deferring_busy_stages():
+                    if _missing(spec, out, cells[i]):  # another process may have finished it meanwhile
+                        run_distill_cell(spec.to_dict(), i, str(out), data_root, progress)
+            except FolderLockedError:  # the cell itself (claimed) or its shared stage (StageBusyError) is busy
+                deferred.append(i)
+                continue
+            bar.update(1)
+        if len(deferred) == len(queue):
+            time.sleep(5.0)  # everything left is being worked on elsewhere: check again shortly
+        queue = deferred
+    bar.close()
 
 
 def _missing(spec: BenchSpec, out: Path, cell: DistillCell) -> bool:

@@ -38,18 +38,22 @@ REFERENCE_METHOD = "random"
 
 @dataclasses.dataclass(frozen=True)
 class MethodEntry:
-    """A method with its preset and ``--set`` overrides."""
+    """A method with its preset and ``--set`` overrides, and optionally a label of its own (an experiment's arm
+    name, e.g. ``minimax_g4``)."""
 
     name: str
     preset: str | None = None
     set: tuple[str, ...] = ()
+    name_label: str | None = None
 
     @property
     def label(self) -> str:
-        """A folder-safe label: ``dm``, ``dm-cpu``, ``dm-cpu-iterations100``; long override values (paths) are
-        shortened to a hash."""
+        """A folder-safe label: the entry's own ``label``, else ``dm``, ``dm-cpu``, ``dm-cpu-iterations100``; long
+        override values (paths) are shortened to a hash."""
         import hashlib
 
+        if self.name_label:
+            return re.sub(r"[^A-Za-z0-9_.+-]+", "-", self.name_label)
         parts = [self.name] + ([self.preset] if self.preset else [])
         for o in self.set:
             key, _, value = o.partition("=")
@@ -86,6 +90,7 @@ class BenchSpec:
             ``quality.json``.
         shared_stages: generative methods keep their trained stages in ``<out>/stages/`` and reuse them across
             cells with the same training settings.
+        eval_ipc: IPCs whose sets are evaluated (empty = all); the others get only the set-quality report.
     """
 
     methods: list[MethodEntry]
@@ -106,6 +111,7 @@ class BenchSpec:
     checkpoint_every: int = 100
     quality: bool = True
     shared_stages: bool = True
+    eval_ipc: list[int] = dataclasses.field(default_factory=list)
 
     def distill_cells(self) -> list[DistillCell]:
         """One cell per (method entry, dataset, IPC, distillation seed[, sampling seed])."""
@@ -134,6 +140,8 @@ class BenchSpec:
         """
         from gendistill.registry import get_method
 
+        if self.eval_ipc and cell.ipc not in self.eval_ipc:
+            return []
         if self.protocols:
             protocols = self.protocols
         elif cell.method.name == REFERENCE_METHOD:
@@ -149,7 +157,8 @@ class BenchSpec:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["methods"] = [{"name": m.name, "preset": m.preset, "set": list(m.set)} for m in self.methods]
+        out["methods"] = [{"name": m.name, "preset": m.preset, "set": list(m.set),
+                           **({"label": m.name_label} if m.name_label else {})} for m in self.methods]
         return out
 
 
@@ -191,7 +200,7 @@ class EvalCell:
         return f"{self.key}.json"
 
 
-_LIST_KEYS = ("methods", "datasets", "ipc", "protocols", "eval_models")
+_LIST_KEYS = ("methods", "datasets", "ipc", "protocols", "eval_models", "eval_ipc")
 
 
 def _method_entry(item: Any) -> MethodEntry:
@@ -199,13 +208,15 @@ def _method_entry(item: Any) -> MethodEntry:
         return MethodEntry(item)
     if not isinstance(item, dict) or "name" not in item:
         raise ConfigError(f"a method entry must be a name or {{name, preset, set}}, got {item!r}")
-    unknown = sorted(set(item) - {"name", "preset", "set"})
+    unknown = sorted(set(item) - {"name", "preset", "set", "label"})
     if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r} in method entry {item['name']!r}; use name, preset, set")
+        raise ConfigError(f"unknown key {unknown[0]!r} in method entry {item['name']!r}; use name, preset, set, "
+                          "label")
     overrides = item.get("set") or []
     if isinstance(overrides, dict):
         overrides = [f"{k}={v}" for k, v in overrides.items()]
-    return MethodEntry(str(item["name"]), item.get("preset"), tuple(str(o) for o in overrides))
+    label = str(item["label"]) if item.get("label") else None
+    return MethodEntry(str(item["name"]), item.get("preset"), tuple(str(o) for o in overrides), label)
 
 
 def _check_network(name: str) -> None:

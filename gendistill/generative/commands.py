@@ -116,7 +116,7 @@ def _fill_sample_args(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     """Dispatch one of :data:`COMMANDS`."""
     from gendistill.data.datasets import load_dataset
-    from gendistill.generative.method import finetune, generate, load_model, pretrain
+    from gendistill.generative.method import finetune, generate, load_model, pretrain, pretrained_source
     from gendistill.utils.errors import ConfigError
 
     progress = not args.quiet
@@ -138,10 +138,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "finetune":
         config = _config(args, 0)
-        if not config.pretrained:
+        source = pretrained_source(config, splits.name)
+        if not source:
             raise ConfigError("finetune needs a model: --model DIR_OR_HUB_ID (or run `gendistill pretrain` first)")
         _record(out, args, config, bool(args.resume))
-        path = finetune(load_model(config.pretrained, config), splits.train, config, out, seed=args.seed,
+        path = finetune(load_model(source, config), splits.train, config, out, seed=args.seed,
                         resume=bool(args.resume), progress=progress, record=_provenance(args))
         print(f"wrote {path}")
         return 0
@@ -149,15 +150,16 @@ def run(args: argparse.Namespace) -> int:
     if not ipcs or ipcs[0] < 1:
         raise ConfigError(f"--ipc must list positive integers, got {args.ipc!r}")
     config = _config(args, ipcs[-1])
-    if not config.pretrained:
+    source = pretrained_source(config, splits.name)
+    if not source:
         raise ConfigError("sample needs a model: --model DIR_OR_HUB_ID")
     from gendistill.generative.method import DiTDistiller, MinimaxDistiller, to_synset
 
-    backbone = load_model(config.pretrained, config)
+    backbone = load_model(source, config)
     pixels, labels, seeds = generate(backbone, splits.train, ipcs[-1], config, seed=args.seed, progress=progress)
     distiller = (MinimaxDistiller if backbone.info.get("stage") == "finetune" else DiTDistiller)(config)
     full = to_synset(distiller, splits.train, pixels, labels, seeds, ipcs[-1], args.seed, out)
-    full.meta["model"] = config.pretrained
+    full.meta["model"] = source
     reductions = budget_reductions(config, resolve_config("minimax", args.dataset, ipcs[-1]))
     stamp_budget(full, args.preset, reductions, list(args.set), args.config, splits)
     for ipc in ipcs:

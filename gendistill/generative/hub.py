@@ -21,8 +21,8 @@ import yaml
 from gendistill.utils.atomic import atomic_json, atomic_text, sha256_file
 from gendistill.utils.errors import CheckpointError
 
-__all__ = ["DATASET_LICENCES", "card_metadata", "resolve_model_source", "shipped_models", "verify_checksums",
-           "write_checksums", "write_model_card"]
+__all__ = ["DATASET_LICENCES", "card_metadata", "resolve_model_source", "shipped_for_dataset", "shipped_models",
+           "verify_checksums", "write_checksums", "write_model_card"]
 
 PREFIX = "gendistill/"
 CHECKSUMS = "checksums.json"
@@ -47,6 +47,14 @@ def shipped_models() -> dict[str, Path]:
     if not root.is_dir():
         return {}
     return {f"{PREFIX}{p.name}": p for p in sorted(root.iterdir()) if (p / "README.md").is_file()}
+
+
+def shipped_for_dataset(dataset: str) -> str | None:
+    """The hub-style id of the shipped model trained on ``dataset`` (its card's ``datasets``), or None."""
+    for name, folder in shipped_models().items():
+        if dataset in (card_metadata(folder).get("datasets") or []):
+            return name
+    return None
 
 
 def write_checksums(folder: str | Path) -> Path:

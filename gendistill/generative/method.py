@@ -43,6 +43,7 @@ from gendistill.generative.train import TrainSpec, train_backbone
 from gendistill.registry import register_method
 from gendistill.synset.format import SyntheticSet
 from gendistill.utils.errors import ConfigError, GendistillError
+from gendistill.utils.locks import folder_lock, shared_folder_lock
 
 __all__ = ["DiTDistiller", "MinimaxConfig", "MinimaxDistiller", "pretrain", "resolve_class_ids"]
 
@@ -54,8 +55,9 @@ class MinimaxConfig(BaseConfig):
     """Settings of the generative pipeline (defaults: the reference's fine-tuning and sampling).
 
     Attributes:
-        pretrained: local folder or hub id of a DiT pipeline (``facebook/DiT-XL-2-256`` layout); empty = pretrain one
-            on the dataset first.
+        pretrained: local folder or hub id of a DiT pipeline (``facebook/DiT-XL-2-256`` layout), a shipped model
+            (``gendistill/<name>``, see ``gendistill models``), ``auto`` (the shipped model of the dataset when there
+            is one, else pretrain), or ``none`` / empty: pretrain one on the dataset first.
         resolution: image size to load the dataset at when ``--resolution`` is not given (0 = the dataset's
             default). The ImageNet-subset presets set 256 so that the real memories are not upsampled from 128.
         vae_encoder / vae_decoder: other VAEs (the reference: ``stabilityai/sd-vae-ft-ema`` to encode,
@@ -335,6 +337,24 @@ def stage_folder(config: MinimaxConfig, run_out: Path, stage: str, dataset: str,
     return Path(config.stage_cache) / f"{stage}-{stage_key(config, stage, dataset, seed, source)}"
 
 
+def pretrained_source(config: MinimaxConfig, dataset: str) -> str:
+    """The model a run starts from: ``config.pretrained``, with ``auto`` resolved to the dataset's shipped model;
+    "" when the run pretrains its own."""
+    value = config.pretrained.strip()
+    if value.lower() in ("", "none"):
+        return ""
+    if value.lower() != "auto":
+        return value
+    from gendistill.generative.hub import shipped_for_dataset
+
+    return shipped_for_dataset(dataset) or ""
+
+
+def _stage_lock(config: MinimaxConfig, out: Path, what: str):
+    """One process trains a stage folder; a shared one (``stage_cache``) is waited for by the others."""
+    return shared_folder_lock(out, what) if config.stage_cache else folder_lock(out, what=what)
+
+
 def _stage_finished(out: Path, resume: bool) -> bool:
     """Whether ``out`` holds the finished model of a stage (reused only on resume, never silently)."""
     if not (out / "model" / "transformer").is_dir():
@@ -349,7 +369,13 @@ def pretrain(train: RealDataset, config: MinimaxConfig, out: str | Path, *, seed
     """Train a class-conditional DiT from scratch on ``train``; returns ``out/model`` (skips a finished stage).
     ``record`` (e.g. the preset and overrides) is stored in the model's ``gendistill.json``."""
     out = Path(out)
-    if _stage_finished(out, resume):
+    with _stage_lock(config, out, "pretraining stage"):  # a shared stage is waited for, then reused
+        return _pretrain_locked(train, config, out, seed=seed, resume=resume, progress=progress, record=record)
+
+
+def _pretrain_locked(train: RealDataset, config: MinimaxConfig, out: Path, *, seed: int, resume: bool,
+                     progress: bool, record: dict[str, Any] | None) -> Path:
+    if _stage_finished(out, resume or bool(config.stage_cache)):
         return out / "model"
     vae = None
     if config.space == "latent" and not config.vae_decoder:
@@ -365,8 +391,15 @@ def finetune(backbone: Backbone, train: RealDataset, config: MinimaxConfig, out:
              resume: bool = False, progress: bool = True, record: dict[str, Any] | None = None) -> Path:
     """Minimax fine-tuning of ``backbone`` on ``train``; returns ``out/model`` (skips a finished stage)."""
     out = Path(out)
-    if _stage_finished(out, resume):
-        return out / "model"
+    with _stage_lock(config, out, "fine-tuning stage"):
+        if _stage_finished(out, resume or bool(config.stage_cache)):
+            return out / "model"
+        return _finetune_locked(backbone, train, config, out, seed=seed, resume=resume, progress=progress,
+                                record=record)
+
+
+def _finetune_locked(backbone: Backbone, train: RealDataset, config: MinimaxConfig, out: Path, *, seed: int,
+                     resume: bool, progress: bool, record: dict[str, Any] | None) -> Path:
     class_ids = resolve_class_ids(backbone, train, config.class_ids)
     backbone.info.update({"dataset": train.name, "class_names": list(train.class_names),
                           "class_ids": class_ids.tolist(), **(record or {})})
@@ -450,8 +483,9 @@ class MinimaxDistiller(Distiller):
         times: dict[str, float] = {}
         shared = bool(config.stage_cache)
         clock = time.perf_counter()
-        source = config.pretrained or pretrain(train, config, stage_folder(config, out, "pretrain", train.name, seed),
-                                               seed=seed, resume=resume or shared, progress=progress)
+        source = pretrained_source(config, train.name) or pretrain(
+            train, config, stage_folder(config, out, "pretrain", train.name, seed), seed=seed,
+            resume=resume or shared, progress=progress)
         times["pretrain_s"] = time.perf_counter() - clock
         backbone = load_model(source, config)
         if self.finetunes and config.finetune_steps > 0:
@@ -466,7 +500,8 @@ class MinimaxDistiller(Distiller):
         times["sample_s"] = time.perf_counter() - clock
         synset = to_synset(self, train, pixels, labels, seeds, ipc, seed, out if keep else None)
         synset.meta.update(stage_times=times, sample_seed=sample_seed,
-                           backbone=str(source) if keep or config.pretrained or shared else "temporary")
+                           backbone=str(source) if keep or pretrained_source(config, train.name) or shared
+                           else "temporary")
         return synset
 
 
