@@ -2,7 +2,7 @@
 
 Part 1 - one MTT iteration (MNIST IPC 10, ConvNet-3, ``batch_syn`` the ``mtt`` preset's: 0 = all 100 images) at
 ``--steps`` student steps, for ``grad: unroll`` (the reference: the whole unrolled graph stays in memory) and
-``grad: tesla`` (exact gradient, one step's graph at a time; :mod:`baselines.mtt`). Per setting:
+``grad: exact_sweep`` (exact gradient, one step's graph at a time; :mod:`gendistill.baselines.trajectory.mtt`). Per setting:
 
 * seconds per iteration: the median of ``--iterations`` timed calls after one warm-up; one iteration is a fresh
   minibatch/DSA plan plus the matching loss and its gradients w.r.t. the images and the student lr. The two SGD
@@ -137,7 +137,7 @@ class MatchingProblem:
             loss = unrolled_matching_loss(*args)
             loss.backward()
             return loss.detach()
-        return tesla_matching_loss(*args, exact=grad == "tesla")
+        return tesla_matching_loss(*args, exact=grad == "exact_sweep")
 
     def iteration(self, grad: str, steps: int) -> torch.Tensor:
         return self.gradients(grad, self.plan(steps))
@@ -169,12 +169,12 @@ def bench_matching(problem: MatchingProblem, grad: str, steps: int, iterations: 
     return row
 
 
-def tesla_agreement(problem: MatchingProblem, steps: int) -> float:
-    """max |g_tesla - g_unroll| / max |g_unroll| of the image gradient on one plan."""
+def exact_sweep_agreement(problem: MatchingProblem, steps: int) -> float:
+    """max |g_exact_sweep - g_unroll| / max |g_unroll| of the image gradient on one plan."""
     plan = problem.plan(steps)
     problem.gradients("unroll", plan)
     ref = problem.images.grad.clone()
-    problem.gradients("tesla", plan)
+    problem.gradients("exact_sweep", plan)
     return float((problem.images.grad - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
 
 
@@ -239,7 +239,7 @@ def markdown(report: dict) -> str:
              "TESLA vs unroll (rel. diff) |", "|---|---|---|---|---|---|---|"]
     for r in report["matching"]:
         cuda = f"{r['cuda_peak_mb']:.0f}" if "cuda_peak_mb" in r else "-"
-        agree = report["tesla_agreement"].get(str(r["syn_steps"])) if r["grad"] == "tesla" else None
+        agree = report["exact_sweep_agreement"].get(str(r["syn_steps"])) if r["grad"] == "exact_sweep" else None
         lines.append(f"| {r['grad']} | {r['syn_steps']} | {r['s_per_iteration']:.3f} | "
                      f"{r['saved_tensors_peak_mb']:.1f} | {r['student_params_mb']:.1f} | {cuda} | "
                      f"{'-' if agree is None else f'{agree:.1e}'} |")
@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--steps", default="10,20,40", help="syn_steps values, comma-separated")
-    ap.add_argument("--grads", default="unroll,tesla", help="gradient modes (unroll, tesla, tesla_detached)")
+    ap.add_argument("--grads", default="unroll,exact_sweep",
+                    help="gradient modes (unroll, exact_sweep, tesla: the published detached gradient)")
     ap.add_argument("--iterations", type=int, default=3, help="timed iterations per setting (median reported)")
     ap.add_argument("--batch-syn", type=int, default=None, help="default: the mtt preset's (0 = all images)")
     ap.add_argument("--model", default=None, help="default: the mtt preset's (convnet)")
@@ -289,13 +290,13 @@ def main(argv: list[str] | None = None) -> int:
         "num_params": problem.start.numel(), "batch_syn": batch_syn or args.ipc * train.num_classes,
         "tiny": args.tiny, "memory_measure": "peak bytes of tensors saved for backward (saved_tensors_hooks, "
         "numel * element_size while held); cuda_peak_mb: max_memory_allocated minus the allocation before",
-        "matching": [], "tesla_agreement": {}}
+        "matching": [], "exact_sweep_agreement": {}}
     for n in steps:
         for grad in args.grads.split(","):
             row = bench_matching(problem, grad, n, args.iterations, args.device)
             report["matching"].append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "s_per_iteration_all"}), flush=True)
-        report["tesla_agreement"][str(n)] = tesla_agreement(problem, n)
+        report["exact_sweep_agreement"][str(n)] = exact_sweep_agreement(problem, n)
     if args.experts:
         report["buffers"] = bench_buffers(train, args.experts, args.expert_epochs, args.expert_images_per_class,
                                           model, args.device)

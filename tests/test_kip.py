@@ -332,3 +332,38 @@ def test_bench_kip_tiny_times_both_kernels_and_a_step(tmp_path, data_env, monkey
     assert [r["kernel"] for r in report["rows"]] == ["fc", "conv"]
     assert all(r["k_ts_s"] > 0 and r["step_s"] > 0 and r["targets"] == 8 for r in report["rows"])
     assert "| conv | 4 | 8 |" in (out / "kip_cpu.md").read_text()
+
+
+def test_kip_learned_labels_train_networks_with_mse_not_a_softmax_of_them(monkeypatch):
+    """KIP "+l" labels are regression targets near one-hot - 1/C: with 100 classes a softmax of them gives the true
+    class 0.027 (nearly uniform). Network protocols train on them with MSE, as the KIP papers do."""
+    from conftest import class_pattern_images
+
+    from gendistill.data.datasets import RealDataset
+    from gendistill.data.preprocessing import Preprocessing
+    from gendistill.evaluation import trainer
+    from gendistill.evaluation.evaluate import evaluate
+    from gendistill.synset.format import SyntheticSet
+
+    c = 100
+    x, y = class_pattern_images(1, c, 1, 16, seed=4)
+    targets = torch.nn.functional.one_hot(torch.from_numpy(y), c).float() - 1.0 / c
+    syn = SyntheticSet(torch.from_numpy(x).float() / 255, targets, [f"c{i}" for i in range(c)],
+                       Preprocessing((0.0,), (1.0,)), meta={"method": "kip", "kip_label_space": "centred"})
+    xt, yt = class_pattern_images(1, c, 1, 16, seed=5)
+    test = RealDataset(torch.from_numpy(xt), torch.from_numpy(yt), [f"c{i}" for i in range(c)],
+                       Preprocessing((0.0,), (1.0,)), "tiny100", "test")
+    seen = {}
+    real_loss = trainer._loss
+
+    def spy(out, target, kind, temperature):
+        seen.setdefault("kind", kind)
+        seen.setdefault("target", target.detach().clone())
+        return real_loss(out, target, kind, temperature)
+
+    monkeypatch.setattr(trainer, "_loss", spy)
+    result = evaluate(syn, test, "dsa", model="convnet_w8", runs=1, epochs=1, progress=False)
+    assert result.protocol["label_loss"] == "mse" and seen["kind"] == "mse"
+    true_class = seen["target"].max(1).values
+    assert torch.allclose(true_class, torch.full_like(true_class, 1 - 1 / c))  # the targets as stored, no softmax
+    assert float(torch.softmax(targets[0], 0).max()) < 0.03  # what the old evaluation trained on

@@ -14,7 +14,8 @@ NUS-HPC-AI-Lab/DATM ``distill/DATM.py``, ``buffer/buffer_FTD.py``, ``configs/*/C
    updated only when the matching loss is at most ``threshold``.
 
 Evaluation: the ``datm`` protocol (soft cross-entropy, the learned lr, batch 128, DSA, 1000 epochs). The TESLA
-gradient (``grad: tesla``, the reference's ``DATM_tesla.py`` idea) also differentiates the labels.
+gradient (``grad: tesla``, as the reference's ``DATM_tesla.py`` computes it: the adjoint held at lambda_N, the
+detached TESLA gradient; ``grad: exact_sweep`` is the exact constant-memory gradient) also differentiates the labels.
 
 Deviation (labelled in the set's metadata as ``init_fallback``): where the experts classify fewer than ``ipc``
 images of a class correctly (the reference then loops forever) the remaining images are taken in the same

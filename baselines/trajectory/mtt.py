@@ -1,5 +1,6 @@
-"""MTT - Dataset Distillation by Matching Training Trajectories (Cazenavette et al., CVPR 2022), with the
-constant-memory gradient of TESLA (Cui et al., ICML 2023) as ``grad: tesla``.
+"""MTT - Dataset Distillation by Matching Training Trajectories (Cazenavette et al., CVPR 2022), with TESLA's
+constant-memory gradient (Cui et al., ICML 2023) as published (``grad: tesla``) and an exact constant-memory
+variant (``grad: exact_sweep``), and TESLA's soft-label assignment (``teacher_label``).
 
 Learnables: the synthetic images (real initialisation, one-hot labels fixed) and one student learning rate
 alpha (initialised to ``lr_teacher``), each with SGD momentum 0.5 (``lr_img``, ``lr_lr``). Each iteration
@@ -13,13 +14,17 @@ alpha (initialised to ``lr_teacher``), each with SGD momentum 0.5 (``lr_img``, `
    parameter vector (``torch.func.functional_call``);
 3. loss ||theta_N - theta*_{t+M}||^2 / ||theta*_t - theta*_{t+M}||^2; one SGD step on the images and on alpha.
 
-Gradient modes (identical values, tested in float64): ``unroll`` keeps the whole unrolled graph (memory grows
-with ``syn_steps``, as the reference); ``tesla`` stores only the N + 1 flat student parameter vectors, then
-sweeps backwards recomputing one step's graph at a time and propagating the adjoint
-lambda_n = lambda_{n+1} - alpha * H_n lambda_{n+1} (a Hessian-vector product), accumulating the image, label and
-lr gradients - the exact unrolled gradient with activation memory constant in ``syn_steps``. ``tesla_detached``
-reproduces the TESLA reference code (``justincui03/tesla`` ``distill.py``), which holds lambda at lambda_N, i.e.
-drops the terms through later student parameters; it differs from ``unroll`` for ``syn_steps`` > 1.
+Gradient modes: ``unroll`` keeps the whole unrolled graph (memory grows with ``syn_steps``, as the reference);
+``exact_sweep`` (this package's) stores only the N + 1 flat student parameter vectors, then sweeps backwards
+recomputing one step's graph at a time and propagating the adjoint lambda_n = lambda_{n+1} - alpha * H_n
+lambda_{n+1} (a Hessian-vector product), accumulating the image, label and lr gradients - the exact unrolled
+gradient (equal to ``unroll`` in float64, tested) with activation memory constant in ``syn_steps``. ``tesla`` is
+TESLA's gradient as its code computes it (``justincui03/tesla`` ``distill.py``): the adjoint held at lambda_N,
+i.e. the terms through later student parameters dropped; it differs from ``unroll`` for ``syn_steps`` > 1.
+``teacher_label`` (TESLA's ``--teacher_label``, used in its ImageNet-1K command): every iteration the images get
+soft labels, the softmax of the expert network at that iteration's target snapshot, which the student's
+cross-entropy uses; the set keeps the last ones and is evaluated under the ``tesla`` protocol (soft labels, the
+learned lr).
 
 Experts: ``buffer`` names a folder made by ``gendistill buffers``; a buffer made with other preprocessing or
 another network is refused. With ``buffer: ""`` the method trains ``buffer_experts`` experts itself (seeded by
@@ -81,8 +86,9 @@ class MTTConfig:
         dsa: non-siamese DSA on the student's inputs.
         dsa_strategy: DSA families (flip dropped for digit datasets).
         model: student / expert network.
-        grad: ``unroll`` (reference), ``tesla`` (exact, constant activation memory) or ``tesla_detached``
-            (the TESLA reference code's gradient).
+        grad: ``unroll`` (reference), ``tesla`` (TESLA's published gradient, constant memory) or ``exact_sweep``
+            (the exact unrolled gradient at constant activation memory; this package's).
+        teacher_label: TESLA's soft labels from the expert at the target snapshot, recomputed every iteration.
         zca: ZCA the data must carry (``kornia`` for the published ZCA rows; ``""`` = no requirement).
         buffer: expert buffer folder (``gendistill buffers``); ``""`` = train ``buffer_experts`` experts.
         buffer_experts: experts trained when ``buffer`` is empty.
@@ -111,7 +117,8 @@ class MTTConfig:
     dsa: bool = True
     dsa_strategy: str = FULL_DSA
     model: str = "convnet"
-    grad: Literal["unroll", "tesla", "tesla_detached"] = "unroll"
+    grad: Literal["unroll", "tesla", "exact_sweep"] = "unroll"
+    teacher_label: bool = False
     zca: Literal["", "none", "kornia", "kip"] = ""
     buffer: str = ""
     buffer_experts: int = budget_field(100)
@@ -254,6 +261,9 @@ def tesla_matching_loss(student: FlatNetwork, loss_fn: LossFn, images: torch.Ten
 # ------------------------------------------------------------------------------------------- the method
 # MTT's evaluation: ``dsa`` with the learning rate learned with the set.
 register_protocol(EvalProtocol(name="mtt", epochs=1000, dsa_strategy=FULL_DSA, lr_from_synset=True))
+# TESLA's evaluation of a teacher-labelled set (``evaluate_synset`` with its soft labels): ``mtt`` on soft labels.
+register_protocol(EvalProtocol(name="tesla", epochs=1000, dsa_strategy=FULL_DSA, lr_from_synset=True,
+                               label_loss="soft_ce"))
 
 
 @register_method("mtt", config=MTTConfig, paper="Cazenavette, Wang, Torralba, Efros & Zhu, Dataset Distillation "
@@ -421,13 +431,17 @@ class MatchingTrainingTrajectories(IterativeDistiller):
             state[key].zero_grad(set_to_none=True)
         dsa = DSA.for_dataset(train.flip_ok, self.config.dsa_strategy) if self.config.dsa else DSA("none")
         targets = self.student_targets(state, train)
+        if getattr(self.config, "teacher_label", False):
+            with torch.no_grad():  # TESLA: the expert at the target snapshot labels the current images
+                targets = F.softmax(self._student(train)(target, state["images"].detach()), dim=1)
+            state["teacher_labels"] = targets
         args = (self._student(train), self.student_loss, state["images"], targets, state["syn_lr"], plan, dsa,
                 start, target)
         if self.config.grad == "unroll":
             loss = unrolled_matching_loss(*args)
             loss.backward()
             return loss.detach()
-        return tesla_matching_loss(*args, exact=self.config.grad == "tesla")
+        return tesla_matching_loss(*args, exact=self.config.grad == "exact_sweep")
 
     def apply_update(self, state: dict[str, Any], loss: torch.Tensor) -> None:
         """Step every learnable (DATM skips above its loss threshold)."""
@@ -457,5 +471,9 @@ class MatchingTrainingTrajectories(IterativeDistiller):
 
     def finalize(self, state: dict[str, Any], train: RealDataset, ipc: int, seed: int) -> SyntheticSet:
         labels = torch.arange(train.num_classes).repeat_interleave(ipc)
+        meta = self.run_meta(state)
+        if getattr(self.config, "teacher_label", False) and "teacher_labels" in state:
+            labels = state["teacher_labels"].detach().float().cpu()  # the last iteration's soft labels, as TESLA saves
+            meta.update(default_protocol="tesla", label_source="teacher (expert at the target snapshot)")
         return self.make_synset(train, state["images"], labels, ipc, seed, lr=float(state["syn_lr"].detach()),
-                                meta=self.run_meta(state))
+                                meta=meta)

@@ -183,6 +183,10 @@ def evaluate(
     proto = dataclasses.replace(proto, runs=runs or proto.runs, epochs=epochs or proto.epochs)
     if preset is not None:
         preset = resolve_protocol(dataclasses.replace(preset, model=proto.model), test.name, **set_rule)
+    if synset.soft and synset.meta.get("kip_label_space") == "centred" and proto.label_loss != "mse":
+        # KIP's learned labels are regression targets (about one-hot - 1/C), not logits: a softmax of them would give
+        # the true class 0.23 with 10 classes and 0.03 with 100. Train on them with MSE, as the KIP papers do.
+        proto = dataclasses.replace(proto, label_loss="mse")
     _check_compatible(synset, test, proto)
     notes = []
     if preset is not None and proto.epochs < preset.epochs:
@@ -194,7 +198,10 @@ def evaluate(
     device = torch.device(device)
     x, y = synset.materialize()
     x = x.detach().to(device)
-    y = _soft_targets(y.float(), proto.temperature).to(device) if synset.soft else y.to(device)
+    if synset.soft:
+        y = (y.float() if proto.label_loss == "mse" else _soft_targets(y.float(), proto.temperature)).to(device)
+    else:
+        y = y.to(device)
     lr = float(synset.lr) if proto.lr_from_synset else proto.lr
     aug_cls = IDCAugment if proto.aug_mode == "idc" else DSA
     dsa = aug_cls.for_dataset(test.flip_ok, proto.dsa_strategy) if proto.dsa_strategy else DSA("none")

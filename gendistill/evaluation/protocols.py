@@ -102,7 +102,10 @@ class EvalProtocol:
             epochs, plus after the last) and report the best accuracy too (IDC's ``epoch_print_freq =
             epochs // 100`` with ``is_best``: 100); 0 = final epoch only.
         extra_pass: run ``epochs + 1`` passes (the DC-lineage loop); ``False`` runs ``epochs`` (IDC's ``train.py``).
-        label_loss: ``ce`` (hard), ``soft_ce`` or ``kl`` (soft labels).
+        label_loss: ``ce`` (hard), ``soft_ce`` or ``kl`` (soft labels), or ``mse`` (regression targets: a set
+            whose labels are KIP's centred one-hot targets - meta ``kip_label_space`` - trains with MSE on them, as
+            the KIP papers train transfer networks; :func:`gendistill.evaluation.evaluate.evaluate` switches to it
+            from what the set records).
         temperature: softmax temperature for soft labels.
         zca: the ZCA variant the set must live in (``none``, ``kornia``, ``kip``).
         runs: freshly initialised networks to train.
@@ -137,7 +140,7 @@ class EvalProtocol:
     imagenet_rule: bool = False
     eval_count: int = 0
     extra_pass: bool = True
-    label_loss: Literal["ce", "soft_ce", "kl"] = "ce"
+    label_loss: Literal["ce", "soft_ce", "kl", "mse"] = "ce"
     temperature: float = 1.0
     zca: Literal["none", "kornia", "kip"] = "none"
     runs: int = 5

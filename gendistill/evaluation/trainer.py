@@ -33,6 +33,8 @@ def _soft_targets(labels: torch.Tensor, temperature: float) -> torch.Tensor:
 def _loss(out: torch.Tensor, target: torch.Tensor, kind: str, temperature: float) -> torch.Tensor:
     if target.dim() == 1:
         return F.cross_entropy(out, target)
+    if kind == "mse":  # regression targets (KIP's labels): mean over classes and images, as KIP's transfer training
+        return F.mse_loss(out, target)
     if kind == "kl":
         return F.kl_div(F.log_softmax(out / temperature, 1), target, reduction="batchmean") * temperature**2
     return -(target * F.log_softmax(out, 1)).sum(1).mean()
