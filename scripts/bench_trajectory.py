@@ -2,7 +2,8 @@
 
 Part 1 - one MTT iteration (MNIST IPC 10, ConvNet-3, ``batch_syn`` the ``mtt`` preset's: 0 = all 100 images) at
 ``--steps`` student steps, for ``grad: unroll`` (the reference: the whole unrolled graph stays in memory) and
-``grad: exact_sweep`` (exact gradient, one step's graph at a time; :mod:`gendistill.baselines.trajectory.mtt`). Per setting:
+``grad: exact_sweep`` (exact gradient, one step's graph at a time; :mod:`gendistill.baselines.trajectory.mtt`).
+Per setting:
 
 * seconds per iteration: the median of ``--iterations`` timed calls after one warm-up; one iteration is a fresh
   minibatch/DSA plan plus the matching loss and its gradients w.r.t. the images and the student lr. The two SGD
