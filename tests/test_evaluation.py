@@ -121,3 +121,17 @@ def test_protocol_yaml_and_unknown(tmp_path):
     assert p.epochs == 7 and p.dsa_strategy and p.model == "convnet_d4"
     with pytest.raises(GendistillError, match="unknown protocol"):
         get_protocol("dcc")
+
+
+def test_a_result_records_only_the_protocol_fields_that_applied(tiny_train, tiny_test):
+    from gendistill.evaluation.evaluate import evaluate
+    from gendistill.evaluation.protocols import applied_fields, get_protocol
+    from gendistill.synset.format import SyntheticSet
+
+    syn = SyntheticSet(tiny_train.images()[:20], tiny_train.labels[:20], tiny_train.class_names,
+                       tiny_train.preprocessing, meta={"method": "random"})
+    p = evaluate(syn, tiny_test, "dsa", model="convnet_w8", runs=1, epochs=1, progress=False).protocol
+    assert p["schedule"] == "step_half" and "milestones" not in p and "gamma" not in p
+    assert "cutmix_beta" not in p and "crop_scale" not in p and "temperature" not in p and "epochs_aug" not in p
+    idc = applied_fields(get_protocol("idc"))
+    assert idc["milestones"] == [2 / 3, 5 / 6] and idc["gamma"] == 0.2 and idc["cutmix_beta"] == 1.0

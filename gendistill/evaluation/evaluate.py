@@ -26,6 +26,7 @@ from gendistill.evaluation.protocols import (
     PROTOCOLS,
     EvalProtocol,
     _load_providers,
+    applied_fields,
     default_protocol,
     get_protocol,
     resolve_protocol,
@@ -35,7 +36,6 @@ from gendistill.nn.augment import DSA, IDCAugment
 from gendistill.nn.nets import create_network
 from gendistill.synset.decoders import multiformation_factor
 from gendistill.synset.format import SyntheticSet
-from gendistill.utils.config import config_to_dict
 from gendistill.utils.errors import GendistillError, NonFiniteLossError
 from gendistill.utils.resources import peak_memory_mb
 from gendistill.utils.seeding import derive_seed, make_generator
@@ -269,7 +269,7 @@ def evaluate(
     peak = peak_memory_mb(device)
     return EvalResult(
         mean=float(np.mean(accs)), std=float(np.std(accs)), accs=[float(a) for a in accs],
-        protocol=config_to_dict(proto), reduced=bool(notes), reduced_note="; ".join(notes), wall_time_s=wall,
+        protocol=applied_fields(proto), reduced=bool(notes), reduced_note="; ".join(notes), wall_time_s=wall,
         seconds_per_run=wall / proto.runs, ensemble=mode, peak_memory_mb=peak, seed=seed,
         synset={"method": synset.meta.get("method"), "dataset": synset.meta.get("dataset", test.name),
                 "preset": synset.meta.get("preset"), "reduced_budget": bool(synset.meta.get("reduced_budget")),

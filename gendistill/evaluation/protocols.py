@@ -45,9 +45,9 @@ from gendistill.synset.format import SyntheticSet
 from gendistill.utils.config import config_to_dict, from_dict, read_yaml
 from gendistill.utils.errors import GendistillError
 
-__all__ = ["CUSTOM_EVALUATORS", "PROTOCOLS", "PROTOCOL_ALIASES", "EvalProtocol", "dc_augmentation_for",
-           "default_protocol", "get_protocol", "imagenet_rule_for", "ipc_epoch", "note_method_protocol",
-           "protocol_names", "register_evaluator", "register_protocol", "resolve_protocol"]
+__all__ = ["CUSTOM_EVALUATORS", "PROTOCOLS", "PROTOCOL_ALIASES", "EvalProtocol", "applied_fields",
+           "dc_augmentation_for", "default_protocol", "get_protocol", "imagenet_rule_for", "ipc_epoch",
+           "note_method_protocol", "protocol_names", "register_evaluator", "register_protocol", "resolve_protocol"]
 
 # Method-specific evaluations (e.g. DD's learned-schedule training) registered by method packages:
 # name -> fn(synset, test, *, runs, seed, model, device) -> EvalResult.
@@ -152,6 +152,39 @@ class EvalProtocol:
             raise ValueError("epochs must be >= 0 and runs, batch_size positive")
         if self.resize_crop < 0 or self.eval_count < 0 or len(self.crop_scale) != 2:
             raise ValueError("resize_crop and eval_count must be >= 0 and crop_scale a (low, high) pair")
+
+
+def applied_fields(protocol: EvalProtocol) -> dict[str, Any]:
+    """The protocol as a record of what ran: fields of options that did not apply are left out (a ``step_half``
+    schedule records no milestones or gamma, no CutMix records no Beta parameter, and so on)."""
+    record = config_to_dict(protocol)
+    drop = set()
+    if protocol.schedule != "multistep":
+        drop |= {"milestones", "gamma"}
+    if not protocol.dc_aug_rule:
+        drop |= {"dc_aug_rule", "epochs_aug"}
+    if not protocol.dc_aug and not protocol.dc_aug_rule:
+        drop.add("dc_aug")  # under DC's rule an empty choice is what the rule decided: recorded
+    if protocol.cutmix_prob <= 0:
+        drop.add("cutmix_beta")
+    if not protocol.dsa_strategy:
+        drop.add("aug_mode")
+    if not protocol.resize_crop:
+        drop |= {"resize_crop", "crop_scale"}
+    if protocol.color_jitter <= 0:
+        drop.add("color_jitter")
+    if protocol.lighting <= 0:
+        drop.add("lighting")
+    for flag in ("idc_rule", "imagenet_rule"):
+        if not getattr(protocol, flag):
+            drop.add(flag)
+    if protocol.eval_count <= 0:
+        drop.add("eval_count")
+    if protocol.label_loss in ("ce", "mse"):
+        drop.add("temperature")
+    if protocol.lr_from_synset:
+        drop.add("lr")
+    return {k: v for k, v in record.items() if k not in drop}
 
 
 # Core presets; methods register their own (cafe, mtt, datm, idc, krr, dd) with :func:`register_protocol` /

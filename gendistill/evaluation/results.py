@@ -33,7 +33,7 @@ def result_row(result: dict[str, Any], method: str | None = None) -> dict[str, s
         "epochs": str(p["epochs"]),
         "aug": aug,
         "labels": f"{s.get('label_kind', 'hard')}/{p['label_loss']}",
-        "lr": "learned" if p.get("lr_from_synset") else f"{p['lr']:g} ({p['schedule']})",
+        "lr": "learned" if p.get("lr_from_synset") else f"{p.get('lr', 0):g} ({p.get('schedule', '?')})",
         "zca": p.get("zca", "none"),
         "reduced": _reduced(result),
         **{k: f"{q[k]:.3f}" for q in [result.get("quality") or {}] for k in QUALITY_COLUMNS if q.get(k) is not None},
