@@ -60,7 +60,7 @@ def make_cell(method: str, ipc: int, net: str, mean: float, out: Path, *, status
         "cell": f"{set_name}__dsa__{net}", "method": method, "preset": preset,
         "overrides": ["iterations=100"] if preset else [], "dataset": "mnist", "ipc": ipc, "distill_seed": 0,
         "protocol": "dsa", "eval_model": net, "status": status, "error": error, "result": result,
-        "distill_time_s": {"dm": 30.0, "dc": 300.0}[method] * ipc, "eval_time_s": 12.5 if result else None,
+        "distill_time_s": {"dm": 30.0, "dc": 300.0}.get(method, 60.0) * ipc, "eval_time_s": 12.5 if result else None,
         "peak_memory_mb": 321.0 if result else None, "device": "cpu", "flops": 1.5e9 if method == "dm" else None,
         "grid": make_grid(out, set_name, ipc + len(method)), "quality": quality, "run_dir": f"runs/{set_name}",
     }
@@ -106,7 +106,9 @@ def test_markdown(board: tuple) -> None:
     for c in cells:
         assert c["cell"] in md
     assert "failed: RuntimeError: out of memory" in md
-    assert "97.00 ± 0.10 (Fake et al. 2024)" in md and "-0.60" in md
+    assert "97.00 ± 0.10 final-epoch (Fake et al. 2024)" in md and "-0.60 vs our final" in md
+    assert "## Summary" in md and md.index("## Summary") < md.index("## All cells")  # the pivot comes first
+    assert "★" in md and "(3 runs)" in md
     assert "*under dc/convnet" in md  # published under another protocol is marked
     assert "FINAL-EPOCH" in md and "best-of-run" in md and "population std" in md
     assert "fractions" in md and "0.021" in md and "0.457" in md and "0.612" in md
@@ -175,3 +177,31 @@ def test_all_failed_and_single_net(tmp_path: Path) -> None:
                               one)
     assert "no cross-architecture heat map" in paths["html"].read_text()
     assert not list((one / "plots").glob("xarch_*.png")) and (one / "plots" / "acc_vs_ipc_mnist.png").is_file()
+
+
+def test_pivot_flags_unstable_cells_hides_paths_and_compares_like_for_like(tmp_path: Path) -> None:
+    class Best(FakeFigure):
+        statistic, is_verified = "best", True
+
+    class Unverified(FakeFigure):
+        statistic, is_verified = "final", False
+
+    out = tmp_path / "b"
+    shaky = make_cell("dm", 10, "convnet", 60.0, out)
+    shaky["result"]["accs"] = [40.0, 80.0]  # spread 40 points: the network's luck
+    best = make_cell("mtt", 10, "convnet", 90.0, out)
+    best["result"]["best_mean"] = 92.0
+    path = make_cell("minimax", 10, "convnet", 88.0, out)
+    path["overrides"] = ["pretrained=/home/someone/models/dit-digits/model"]
+
+    def published(method, dataset, ipc, network, protocol):
+        return {"mtt": Best(95.0, 0.1, protocol, network), "minimax": Unverified(99.0, 0.1, protocol, network)}.get(
+            method)
+
+    paths = write_leaderboard([shaky, best, path], out, published=published)
+    md = paths["markdown"].read_text()
+    assert "unstable" in md and "40.0–80.0" in md
+    assert "-3.00 vs our best" in md  # a best-of-run figure against our best-of-run number
+    assert "unverified: no gap computed" in md
+    assert "/home/someone" not in md and "/home/someone" not in paths["html"].read_text()
+    assert "pretrained=<local model #" in md

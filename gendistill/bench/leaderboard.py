@@ -30,7 +30,9 @@ CSV_COLUMNS = [
 MAIN_HEADERS = ["cell", "method", "dataset", "IPC", "seed", "eval net", "protocol (recipe)", "status",
                 "accuracy (%)", "reduced", "published (%)", "gap (pts)", "distill time (s)", "eval time (s)",
                 "peak mem (MB)", "device", "FLOPs"]
-QUALITY_KEYS = ["precision", "recall", "density", "coverage", "diversity", "agreement"]
+QUALITY_KEYS = ["precision", "recall", "density", "coverage", "diversity", "agreement", "fd"]
+#: a cell whose runs spread by more than this many points measures the network's luck, not the set
+UNSTABLE_RANGE = 10.0
 ROBUST_KEYS = ["hlr", "ior", "lrs", "ars"]
 HEADER_NOTE = (
     "Accuracies are FINAL-EPOCH test accuracies in percent: mean ± population std over the evaluation runs "
@@ -71,13 +73,26 @@ def _num(x: Any, fmt: str = ".1f") -> str:
     return format(x, fmt)
 
 
+def _short(override: str) -> str:
+    """An override for display: a file path becomes ``<local ...>`` with a short hash (labels never show paths)."""
+    import hashlib
+
+    key, sep, value = str(override).partition("=")
+    if sep and ("/" in value or "\\" in value) and not value.startswith("gendistill/"):
+        return f"{key}=<local {Path(value).name or 'path'} #{hashlib.sha1(value.encode()).hexdigest()[:6]}>"
+    return str(override)
+
+
 def _method_label(cell: dict) -> str:
-    """``method`` plus its preset and overrides, e.g. ``dm [cpu] iterations=100``."""
+    """The entry's own label (an experiment's arm name), else ``method`` plus its preset and overrides, e.g.
+    ``dm [cpu] iterations=100``; file paths in overrides are shortened (never shown)."""
+    if cell.get("entry_label"):
+        return str(cell["entry_label"])
     label = str(cell.get("method"))
     if cell.get("preset"):
         label += f" [{cell['preset']}]"
     if cell.get("overrides"):
-        label += " " + " ".join(map(str, cell["overrides"]))
+        label += " " + " ".join(_short(o) for o in cell["overrides"])
     return label
 
 
@@ -102,7 +117,12 @@ def _facts(cell: dict, published: Callable | None) -> dict[str, Any]:
     f["label"] = _method_label(cell)
     f["mean"] = res.get("mean") if done else None
     f["std"] = res.get("std") if done else None
+    f["best_mean"] = res.get("best_mean") if done else None
     f["n_runs"] = len(res.get("accs") or []) if done else None
+    accs = (res.get("accs") or []) if done else []
+    f["unstable"] = bool(accs) and max(accs) - min(accs) > UNSTABLE_RANGE
+    f["run_range"] = (min(accs), max(accs)) if accs else None
+    f["sample_seed"] = cell.get("sample_seed")
     f["protocol_epochs"] = proto.get("epochs")
     f["augmentation"] = _augmentation(proto) if proto else ""
     f["lr"] = "from synset" if proto.get("lr_from_synset") else proto.get("lr")
@@ -127,11 +147,21 @@ def _facts(cell: dict, published: Callable | None) -> dict[str, Any]:
     f["published_protocol"] = getattr(pub, "protocol", None) if pub is not None else None
     f["published_network"] = getattr(pub, "network", None) if pub is not None else None
     f["published_citation"] = pub.citation() if pub is not None else None
+    f["published_verified"] = bool(getattr(pub, "is_verified", True)) if pub is not None else None
+    f["published_statistic"] = getattr(pub, "statistic", "final") if pub is not None else None
     like = pub is None or (f["published_protocol"] in (None, cell.get("protocol"))
                            and f["published_network"] in (None, cell.get("eval_model")))
+    # like for like: a best-of-run figure against our best-of-run number when the protocol measured one
+    ours, against = f["mean"], "final"
+    if f["published_statistic"] == "best":
+        if f["best_mean"] is not None:
+            ours, against = f["best_mean"], "best"
+        else:
+            like = False  # ours is final-epoch, theirs best-of-run
     f["published_like_for_like"] = like if pub is not None else None
-    has_gap = f["mean"] is not None and f["published"] is not None
-    f["gap"] = round(f["mean"] - f["published"], 4) if has_gap else None
+    f["gap_against"] = against if pub is not None else None
+    has_gap = ours is not None and f["published"] is not None and f["published_verified"] and not f["unstable"]
+    f["gap"] = round(ours - f["published"], 4) if has_gap else None
     return f
 
 
@@ -145,24 +175,116 @@ def _main_row(f: dict) -> list[str]:
     """The displayed main-table row of one cell (same order as :data:`MAIN_HEADERS`)."""
     status = f["status"] if f["status"] != "failed" else f"failed: {f['error'] or 'no error recorded'}"
     acc = f"{f['mean']:.2f} ± {f['std']:.2f} (n={f['n_runs']})" if f["mean"] is not None else "—"
+    if f["unstable"]:
+        lo, hi = f["run_range"]
+        acc = f"unstable: runs {lo:.1f}–{hi:.1f} (n={f['n_runs']})"
+    elif f["best_mean"] is not None:
+        acc += f"; best-of-run {f['best_mean']:.2f}"
     reduced = "" if f["reduced"] is None else (f"yes: {f['reduced_note']}" if f["reduced"] else "no")
     pub = gap = ""
     if f["published"] is not None:
         pub = f"{f['published']:.2f}" + (f" ± {f['published_std']:.2f}" if f["published_std"] is not None else "")
+        pub += f" {f['published_statistic']}-epoch" if f["published_statistic"] == "final" else " best-of-run"
         pub += f" ({f['published_citation']})"
+        if not f["published_verified"]:
+            pub += " (unverified: no gap computed)"
         if not f["published_like_for_like"]:
             pub += f" *under {f['published_protocol']}/{f['published_network']}"
-        gap = f"{f['gap']:+.2f}" + ("" if f["published_like_for_like"] else "*") if f["gap"] is not None else ""
+        gap = (f"{f['gap']:+.2f} vs our {f['gap_against']}" + ("" if f["published_like_for_like"] else "*")
+               if f["gap"] is not None else "")
     return [f["cell"], f["label"], f["dataset"], str(f["ipc"]), str(f["distill_seed"]), f["eval_model"],
             _recipe(f), status, acc, reduced, pub, gap, _num(f["distill_time_s"]), _num(f["eval_time_s"]),
             _num(f["peak_memory_mb"]), f["device"] or "", _num(f["flops"], ".3g")]
 
 
+PIVOT_NOTE = ("Per dataset: one row per method (or experiment arm), one column per IPC and protocol, on the "
+              "main evaluation network. Each value is the mean ± std over the sets of that row (distillation and "
+              "sampling seeds; n sets) or, for a single set, over its evaluation runs (n runs). ★ marks the best "
+              "value of a column; † a reduced distillation budget or evaluation (details in 'All cells'); "
+              "'unstable' a cell whose runs spread by more than 10 points (it measures the network's luck, not the "
+              "set).")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
+
+
+def _pivots(facts: list[dict]) -> list[tuple[str, list[str], list[list[str]], list[list[str]]]]:
+    """``[(dataset, headers, markdown rows, html rows)]``: methods x (IPC, protocol) accuracy pivots."""
+    out = []
+    primary = _primary(facts)
+    for dataset in sorted({str(f["dataset"]) for f in facts}):
+        rows_f = [f for f in facts if str(f["dataset"]) == dataset and f["mean"] is not None
+                  and (primary is None or f["eval_model"] == primary[1])]
+        if not rows_f:
+            continue
+        columns = sorted({(f["ipc"], f["protocol"]) for f in rows_f})
+        labels = sorted({f["label"] for f in rows_f})
+        cells: dict[tuple, tuple[float, str, bool]] = {}
+        for label in labels:
+            for col in columns:
+                group = [f for f in rows_f if f["label"] == label and (f["ipc"], f["protocol"]) == col]
+                if not group:
+                    continue
+                mark = "†" if any(f["reduced"] for f in group) else ""
+                if any(f["unstable"] for f in group):
+                    cells[(label, col)] = (math.nan, "unstable" + mark, False)
+                    continue
+                if len(group) > 1:
+                    m, sd = _mean_std([f["mean"] for f in group])
+                    text = f"{m:.2f} ± {sd:.2f} ({len(group)} sets)"
+                else:
+                    m, text = group[0]["mean"], f"{group[0]['mean']:.2f} ± {group[0]['std']:.2f} " \
+                                                f"({group[0]['n_runs']} runs)"
+                cells[(label, col)] = (m, text + mark, True)
+        best = {col: max((v[0] for (lab, c), v in cells.items() if c == col and v[2]), default=None)
+                for col in columns}
+        headers = ["method"] + [f"IPC {ipc} · {proto}" for ipc, proto in columns]
+        md_rows, html_rows = [], []
+        for label in labels:
+            md, ht = [label], [html.escape(label)]
+            for col in columns:
+                value = cells.get((label, col))
+                if value is None:
+                    md.append("")
+                    ht.append("")
+                    continue
+                top = value[2] and best[col] is not None and value[0] == best[col]
+                md.append(f"**{value[1]}** ★" if top else value[1])
+                ht.append(f"<b>{html.escape(value[1])} ★</b>" if top else html.escape(value[1]))
+            md_rows.append(md)
+            html_rows.append(ht)
+        out.append((dataset, headers, md_rows, html_rows))
+    return out
+
+
+def _quality_summary(facts: list[dict]) -> list[list[str]]:
+    """Set-quality columns per (method, dataset, IPC): mean ± std over that row's sets."""
+    sets = _sets([f for f in facts if any(f[k] is not None for k in QUALITY_KEYS)]).values()
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for f in sets:
+        groups[(f["label"], str(f["dataset"]), f["ipc"])].append(f)
+    rows = []
+    for (label, dataset, ipc), group in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
+        row = [label, dataset, str(ipc), str(len(group))]
+        for k in QUALITY_KEYS:
+            values = [f[k] for f in group if f[k] is not None]
+            if not values:
+                row.append("")
+                continue
+            m, sd = _mean_std(values)
+            fmt = ".1f" if k == "fd" else ".3f"
+            row.append(format(m, fmt) + (f" ± {format(sd, fmt)}" if len(values) > 1 else ""))
+        rows.append(row)
+    return rows
+
+
 def _sets(facts: list[dict]) -> dict[tuple, dict]:
-    """One entry per distilled set (method label, dataset, IPC, seed): the first cell that has it."""
+    """One entry per distilled set (method label, dataset, IPC, seed, sampling seed): the first cell that has it."""
     out: dict[tuple, dict] = {}
     for f in facts:
-        out.setdefault((f["label"], f["dataset"], f["ipc"], f["distill_seed"]), f)
+        out.setdefault((f["label"], f["dataset"], f["ipc"], f["distill_seed"], f.get("sample_seed")), f)
     return out
 
 
@@ -307,9 +429,12 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(esc, r)) + " |" for r in rows])
 
 
-def _html_table(tid: str, headers: list[str], rows: list[list[str]], attrs: list[str] | None = None) -> str:
+def _html_table(tid: str, headers: list[str], rows: list[list[str]], attrs: list[str] | None = None,
+                escape: bool = True) -> str:
+    """A sortable table; ``escape=False`` takes cells that are already HTML."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join(f"<tr{attrs[i] if attrs else ''}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r)
+    cell = (lambda c: html.escape(str(c))) if escape else str
+    body = "".join(f"<tr{attrs[i] if attrs else ''}>" + "".join(f"<td>{cell(c)}</td>" for c in r)
                    + "</tr>\n" for i, r in enumerate(rows))
     return (f'<div class="scroll"><table id="{tid}" class="sortable"><thead><tr>{head}</tr></thead><tbody>\n{body}'
             '</tbody></table></div>')
@@ -368,11 +493,19 @@ def write_leaderboard(cells: list[dict], out_dir: Path, *, published: Callable |
         ("Cross-architecture", "Mean final-epoch accuracy (%) per evaluation network, averaged over distillation "
          "seeds.", x_head, x_rows, "xarch", "No finished cells."),
     ]
+    pivots = _pivots(facts)
+    q_summary = _quality_summary(facts)
+    qs_head = ["method", "dataset", "IPC", "sets"] + QUALITY_KEYS
     n_done = sum(f["mean"] is not None for f in facts)
     counts = f"{len(facts)} cells: {n_done} done, {sum(f['status'] == 'failed' for f in facts)} failed, " \
              f"{sum(f['status'] == 'pending' for f in facts)} pending."
 
-    md = [f"# {title}", "", HEADER_NOTE, "", counts, "", "## Results", "", _md_table(MAIN_HEADERS, main), ""]
+    md = [f"# {title}", "", counts, "", "## Summary", "", PIVOT_NOTE, ""]
+    for dataset, head, rows, _ in pivots:
+        md += [f"### {dataset}", "", _md_table(head, rows), ""]
+    if q_summary:
+        md += ["### Set quality (mean ± std over sets)", "", _md_table(qs_head, q_summary), ""]
+    md += ["## All cells", "", HEADER_NOTE, "", _md_table(MAIN_HEADERS, main), ""]
     for name, note, head, rows, _, empty in sections:
         md += [f"## {name}", "", note, "", _md_table(head, rows) if rows else f"_{empty}_", ""]
     md += ["## Plots", ""] + [f"![{alt}](plots/{p.name})" for _, p, alt in plots] + [""]
@@ -391,9 +524,15 @@ def write_leaderboard(cells: list[dict], out_dir: Path, *, published: Callable |
     e = html.escape
     attrs = [f' data-cell="{e(str(f["cell"]))}" class="{e(str(f["status"]))}"' for f in facts]
     page = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style>"
-            f"</head><body><h1>{e(title)}</h1><p class='note'>{e(HEADER_NOTE)}</p><p>{e(counts)}</p>",
-            "<h2>Results</h2><p class='note'>Click a column header to sort.</p>",
-            _html_table("results", MAIN_HEADERS, main, attrs)]
+            f"</head><body><h1>{e(title)}</h1><p>{e(counts)}</p>",
+            f"<h2>Summary</h2><p class='note'>{e(PIVOT_NOTE)}</p>"]
+    for dataset, head, _, rows in pivots:
+        page += [f"<h3>{e(dataset)}</h3>", _html_table(f"pivot-{_slug(dataset)}", head, rows, escape=False)]
+    if q_summary:
+        page += ["<h3>Set quality (mean ± std over sets)</h3>", _html_table("quality-summary", qs_head, q_summary)]
+    page += [f"<details><summary><b>All cells ({len(facts)})</b>: every evaluation with its recipe, published "
+             "figure, gap and cost</summary>", f"<p class='note'>{e(HEADER_NOTE)} Click a column header to sort.</p>",
+             _html_table("results", MAIN_HEADERS, main, attrs), "</details>"]
     for name, note, head, rows, tid, empty in sections:
         page += [f"<h2>{e(name)}</h2><p class='note'>{e(note)}</p>",
                  _html_table(tid, head, rows) if rows else f"<p><em>{e(empty)}</em></p>"]

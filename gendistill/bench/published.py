@@ -44,6 +44,11 @@ class PublishedEntry:
         std: its standard deviation in percent, or None when not published.
         source: paper, table and confidence tag, e.g. ``"Zhao & Bilen, WACV 2023 (DM), Table 1 [V]"``.
         note: how the paper's protocol differs from ours (e.g. best-of-run), or None.
+        statistic: ``final`` (final-epoch accuracy) or ``best`` (the best test accuracy seen during training or
+            across the distillation's evaluations, as MTT, DATM, IDC and Minimax report).
+        verified: whether a reachable source confirms the figure (default: True for ``[V]`` sources, False for
+            ``[R]``/``[S]``; ``true`` for a secondary copy that was checked). Unverified figures are shown as such
+            and never give a headline gap.
     """
 
     method: str
@@ -55,11 +60,20 @@ class PublishedEntry:
     source: str
     std: float | None = None
     note: str | None = None
+    statistic: str = "final"
+    verified: bool | None = None
 
     def __post_init__(self) -> None:
         if self.ipc < 1:
             raise ValueError(f"ipc must be a positive integer, not {self.ipc!r}")
+        if self.statistic not in ("final", "best"):
+            raise ValueError(f"statistic must be final or best, not {self.statistic!r}")
         _check_figure(self)
+
+    @property
+    def is_verified(self) -> bool:
+        """Confirmed by a reachable source (see ``verified``)."""
+        return self.verified if self.verified is not None else self.tag == "V"
 
     @property
     def tag(self) -> str | None:
@@ -87,9 +101,16 @@ class FullDatasetEntry:
     source: str
     std: float | None = None
     note: str | None = None
+    verified: bool | None = None
 
     def __post_init__(self) -> None:
         _check_figure(self)
+
+    @property
+    def is_verified(self) -> bool:
+        """Confirmed by a reachable source (default: a ``[V]`` source)."""
+        return self.verified if self.verified is not None else bool(_TAG_RE.search(self.source)) and \
+            self.source.rstrip().endswith("[V]")
 
 
 def _check_figure(entry: Any) -> None:

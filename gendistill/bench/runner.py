@@ -209,7 +209,8 @@ def collect_cells(spec: BenchSpec, out: str | Path) -> list[dict[str, Any]]:
             else:
                 status, error = "pending", None
             cells.append({
-                "cell": ecell.id, "label": dcell.method.label, "method": dcell.method.name,
+                "cell": ecell.id, "label": dcell.method.label, "entry_label": dcell.method.name_label,
+                "method": dcell.method.name,
                 "preset": dcell.method.preset,
                 "overrides": list(dcell.method.set), "dataset": dcell.dataset, "ipc": dcell.ipc,
                 "distill_seed": dcell.seed, "sample_seed": dcell.sample_seed, "protocol": ecell.protocol,
