@@ -27,6 +27,7 @@ import yaml
 
 from gendistill.utils.atomic import atomic_json, atomic_text, atomic_torch_save
 from gendistill.utils.errors import CheckpointError, GendistillError, NonFiniteLossError
+from gendistill.utils.faults import fault_point
 from gendistill.utils.seeding import make_generator
 
 __all__ = ["Interrupted", "RunDir", "graceful_interrupts", "run_iterative"]
@@ -215,6 +216,7 @@ def run_iterative(distiller: Any, train: Any, ipc: int, *, seed: int, run: RunDi
     with graceful_interrupts() as stop:
         for it in range(start_it, n):
             metrics = distiller.step(it, state, train, generator, seed)
+            fault_point("step")
             bar.update(1)
             last = _after_step(distiller, state, train, generator, ipc, seed, it, n, run, metrics, bar,
                                elapsed + time.perf_counter() - t0)

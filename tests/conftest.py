@@ -100,3 +100,14 @@ def _isolated_env(monkeypatch, tmp_path):
     """Keep tests away from the user's data root and cache unless a test sets them."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("GENDISTILL_CONFIGS", raising=False)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--faults", action="store_true", default=False,
+                     help="run the whole fault-injection suite (tests/faults), not only its fast subset")
+
+
+@pytest.fixture
+def fault_points(request) -> int:
+    """How many kill points each fault scenario tries: 1 in the fast subset CI runs, 5 with --faults."""
+    return 5 if request.config.getoption("--faults") else 1

@@ -32,6 +32,7 @@ from typing import Any
 from gendistill.bench.spec import BenchSpec, DistillCell, EvalCell, parse_spec
 from gendistill.utils.atomic import atomic_json
 from gendistill.utils.errors import ConfigError, GendistillError
+from gendistill.utils.faults import fault_point
 from gendistill.utils.locks import FolderLockedError, StageBusyError, deferring_busy_stages, folder_lock
 from gendistill.utils.resources import peak_memory_mb
 
@@ -155,7 +156,7 @@ def _run_eval_cell(spec: BenchSpec, ecell: EvalCell, synset: Any, splits: Any, r
 
     target = run_dir / "eval" / ecell.file_name
     failed = target.with_suffix(".failed.json")
-    if _current(spec, _read(target)):
+    if _current(spec, _read(target), ecell):
         return
     try:
         result = evaluate(synset, splits.test, ecell.protocol, model=ecell.model, runs=spec.runs,
@@ -172,9 +173,13 @@ def _run_eval_cell(spec: BenchSpec, ecell: EvalCell, synset: Any, splits: Any, r
         atomic_json(failed, {"error": _one_line(exc), "traceback": traceback.format_exc()})
 
 
-def _current(spec: BenchSpec, record: dict[str, Any] | None) -> bool:
-    """Whether a stored evaluation was made with the spec's evaluation settings (else it is redone)."""
+def _current(spec: BenchSpec, record: dict[str, Any] | None, ecell: EvalCell) -> bool:
+    """Whether a stored evaluation is this cell's, made with the spec's evaluation settings: its protocol and network
+    are the cell's (a stale or hand-edited file is never shown as the result) - else it is redone."""
     if record is None:
+        return False
+    protocol = record.get("protocol") or {}
+    if protocol.get("name") != ecell.protocol or protocol.get("model") not in (None, ecell.model):
         return False
     ipc = (record.get("synset") or {}).get("ipc")
     return record.get("bench_settings") == spec.settings(ipc)
@@ -200,7 +205,7 @@ def collect_cells(spec: BenchSpec, out: str | Path) -> list[dict[str, Any]]:
         for ecell in spec.eval_cells(dcell):
             target = run_dir / "eval" / ecell.file_name
             result = _read(target)
-            result = result if _current(spec, result) else None
+            result = result if _current(spec, result, ecell) else None
             efail = _read(target.with_suffix(".failed.json"))
             if result is not None:
                 status, error = "done", None
@@ -365,6 +370,7 @@ def _run_claimed(spec: BenchSpec, out: Path, data_root: str | None, indices: lis
                 with folder_lock(claims / cells[i].id, what="bench cell"), deferring_busy_stages():
                     if _missing(spec, out, cells[i]):  # another process may have finished it meanwhile
                         run_distill_cell(spec.to_dict(), i, str(out), data_root, progress)
+                        fault_point("bench_cell")
             except FolderLockedError:  # the cell itself (claimed) or its shared stage (StageBusyError) is busy
                 deferred.append(i)
                 continue
@@ -379,7 +385,7 @@ def _missing(spec: BenchSpec, out: Path, cell: DistillCell) -> bool:
     run_dir = out / "runs" / cell.id
     if not (run_dir / "synset" / "synset.json").is_file():
         return True
-    return any(not _current(spec, _read(run_dir / "eval" / e.file_name)) for e in spec.eval_cells(cell))
+    return any(not _current(spec, _read(run_dir / "eval" / e.file_name), e) for e in spec.eval_cells(cell))
 
 
 def write_bench_leaderboard(spec: BenchSpec, out: Path, records: list[dict[str, Any]] | None = None) -> dict:
@@ -387,7 +393,9 @@ def write_bench_leaderboard(spec: BenchSpec, out: Path, records: list[dict[str, 
     from gendistill.bench.leaderboard import write_leaderboard
     from gendistill.bench.published import load_published
 
-    records = records if records is not None else collect_cells(spec, out)
+    if records is None:
+        records = collect_cells(spec, out)
+        atomic_json(out / "cells.json", records)  # rewritten from the run folders (a damaged copy is replaced)
     table = load_published()
 
     def published(method: str, dataset: str, ipc: int, network: str, protocol: str):

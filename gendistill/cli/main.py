@@ -40,6 +40,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     return parser, handlers
 
 
+def _one_line(exc: BaseException) -> str:
+    """The error as the promised single line (a message that quotes user input could hold a newline)."""
+    return " ".join(str(exc).split("\n"))
+
+
 def _sigterm_as_interrupt(signum, frame) -> None:
     from gendistill.runs import Interrupted
 
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except GendistillError as exc:  # e.g. a declared method module that fails to import
         if debug:
             raise
-        print(f"gendistill: error: {exc}", file=sys.stderr)
+        print(f"gendistill: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
     previous = None
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     except GendistillError as exc:
         if args.debug:
             raise
-        print(f"gendistill: error: {exc}", file=sys.stderr)
+        print(f"gendistill: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, json.JSONDecodeError) as exc:
         if args.debug:
             raise
-        print(f"gendistill: error: {exc}", file=sys.stderr)
+        print(f"gendistill: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     finally:
         if previous is not None:

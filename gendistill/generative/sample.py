@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from gendistill.generative.backbone import Backbone
+from gendistill.utils.faults import fault_point
 from gendistill.utils.seeding import derive_seed, make_generator
 
 __all__ = ["denoise", "dpm_solver", "generator_noise", "guided_model", "image_noise", "image_seeds", "sample_images"]
@@ -161,6 +162,7 @@ def sample_images(backbone: Backbone, model_labels: torch.Tensor, seeds: torch.T
                else torch.autocast(device.type, enabled=False))
         with ctx:
             x0 = denoise(backbone, labels, noise, progress=bar.update, **options)
+        fault_point("sample_batch")
         out.append(backbone.decode(x0.float()).cpu())
     bar.close()
     return torch.cat(out) if out else torch.empty(0, backbone.image_channels, backbone.image_size, backbone.image_size)

@@ -24,6 +24,7 @@ from gendistill.data.datasets import RealDataset
 from gendistill.generative.backbone import Backbone, resize_pixels, save_backbone, trainable_parameter_names
 from gendistill.generative.memory import MinimaxMemories
 from gendistill.utils.errors import CheckpointError, ConfigError, NonFiniteLossError
+from gendistill.utils.faults import fault_point
 from gendistill.utils.seeding import derive_seed, make_generator
 
 __all__ = ["EMA", "TrainSpec", "latest_checkpoint", "train_backbone"]
@@ -295,6 +296,7 @@ def train_backbone(backbone: Backbone, train: RealDataset, class_ids: torch.Tens
         optimizer.zero_grad(set_to_none=True)
         ema.update(step)
         state.step = step + 1
+        fault_point("train_step")
         bar.update(1)
         last = state.step == spec.steps
         if state.step % spec.log_every == 0 or last:

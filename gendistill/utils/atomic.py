@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from gendistill.utils.faults import fault_point
+
 __all__ = ["atomic_json", "atomic_text", "atomic_torch_save", "atomic_write", "replace_dir", "sha256_file",
            "temp_dir_beside"]
 
@@ -24,6 +26,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        fault_point("write")  # fault injection (tests/faults): a full disk or a kill in the middle of a write
         write(Path(tmp))
         os.replace(tmp, path)
     finally:
@@ -57,6 +60,7 @@ def temp_dir_beside(path: str | Path) -> Path:
 def replace_dir(tmp_dir: Path, target: str | Path) -> Path:
     """Move a finished ``tmp_dir`` to ``target``, replacing an existing folder as atomically as POSIX allows."""
     target = Path(target)
+    fault_point("write")
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")

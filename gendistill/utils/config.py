@@ -142,7 +142,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     if unknown:
         prefix = f"{where}." if where else ""
         raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]!s} for {cls.__name__}; valid keys: {', '.join(sorted(fields))}"
+            f"unknown config key {prefix}{unknown[0]!r} for {cls.__name__}; valid keys: {', '.join(sorted(fields))}"
         )
     kwargs = {}
     for name, value in data.items():
