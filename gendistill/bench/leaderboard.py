@@ -299,12 +299,20 @@ def _robust_rows(robust: list[dict]) -> list[list[str]]:
             + [_num(r.get(k), ".3f") or "—" for k in ROBUST_KEYS] for r in robust]
 
 
+def _xarch_value(value: float | None) -> str:
+    if value is not None and math.isnan(value):
+        return "unstable"
+    return _num(value, ".2f")
+
+
 def _xarch(facts: list[dict]) -> tuple[list[str], dict[tuple, dict[str, float]]]:
-    """Eval networks and {(label, dataset, ipc, protocol): {net: mean accuracy over distill seeds}}."""
+    """Eval networks and {(label, dataset, ipc, protocol): {net: mean accuracy over distill seeds}}; a network
+    whose runs were unstable in any of those cells gets NaN (shown as 'unstable', never as a number)."""
     acc: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for f in facts:
         if f["mean"] is not None:
-            acc[(f["label"], f["dataset"], f["ipc"], f["protocol"])][f["eval_model"]].append(f["mean"])
+            acc[(f["label"], f["dataset"], f["ipc"], f["protocol"])][f["eval_model"]].append(
+                math.nan if f["unstable"] else f["mean"])
     nets = sorted({n for v in acc.values() for n in v})
     return nets, {k: {n: sum(a) / len(a) for n, a in v.items()} for k, v in acc.items()}
 
@@ -411,9 +419,12 @@ def _make_plots(facts: list[dict], plots_dir: Path) -> tuple[list[tuple[str, Pat
             lo, hi = im.get_clim()
             for i, row in enumerate(grid):
                 for j, v in enumerate(row):
-                    if not math.isnan(v):  # dark text on the bright (high) end of viridis
-                        ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8,
-                                color="k" if hi > lo and (v - lo) / (hi - lo) > 0.6 else "w")
+                    if math.isnan(v):
+                        if nets[j] in table[rows[i]]:  # measured, but the runs were unstable
+                            ax.text(j, i, "unstable", ha="center", va="center", fontsize=7, color="k")
+                        continue
+                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8,  # dark text on bright cells
+                            color="k" if hi > lo and (v - lo) / (hi - lo) > 0.6 else "w")
             fig.colorbar(im, ax=ax, label="accuracy (%)")
             ax.set_title(f"{ds} IPC {ipc}: cross-architecture ({hproto})", fontsize=9)
             save(fig, _slug("xarch", ds, f"ipc{ipc}"), f"Cross-architecture heat map: {ds} IPC {ipc} ({hproto})")
@@ -480,7 +491,7 @@ def write_leaderboard(cells: list[dict], out_dir: Path, *, published: Callable |
     r_head = ["method", "dataset", "IPC", "protocol", "eval net", "HLR", "IOR", "LRS", "ARS"]
     nets, xarch = _xarch(facts)
     x_head = ["method", "dataset", "IPC", "protocol"] + [f"{n} (%)" for n in nets]
-    x_rows = [[k[0], k[1], str(k[2]), k[3]] + [_num(v.get(n), ".2f") for n in nets] for k, v in sorted(
+    x_rows = [[k[0], k[1], str(k[2]), k[3]] + [_xarch_value(v.get(n)) for n in nets] for k, v in sorted(
         xarch.items(), key=lambda kv: (str(kv[0][1]), kv[0][2], kv[0][0], str(kv[0][3])))]
     grids = [(f, f"Image grid: {f['label']} {f['dataset']} IPC {f['ipc']} seed {f['distill_seed']}")
              for f in _sets([f for f in facts if f["grid"]]).values()]
@@ -491,7 +502,8 @@ def write_leaderboard(cells: list[dict], out_dir: Path, *, published: Callable |
          "of images that network assigns to their label.", q_head, quality, "quality", "No set-quality scores."),
         ("Robust scores", ROBUST_NOTE, r_head, _robust_rows(robust), "robust", "No robust scores."),
         ("Cross-architecture", "Mean final-epoch accuracy (%) per evaluation network, averaged over distillation "
-         "seeds.", x_head, x_rows, "xarch", "No finished cells."),
+         "seeds; 'unstable' where a network's runs spread by more than 10 points (its recipe fails some runs, so "
+         "the number would measure luck, not the set).", x_head, x_rows, "xarch", "No finished cells."),
     ]
     pivots = _pivots(facts)
     q_summary = _quality_summary(facts)
