@@ -93,6 +93,8 @@ def _distill_into(info: Any, config: Any, splits: DatasetSplits, ipc: int, out: 
 def evaluate_run(synset: SyntheticSet, splits_or_test: Any, out: str | Path | None, **kwargs: Any) -> EvalResult:
     """Evaluate and (when ``out`` is given) write ``result.json`` and ``results.md`` into it."""
     test = splits_or_test.test if isinstance(splits_or_test, DatasetSplits) else splits_or_test
+    if isinstance(splits_or_test, DatasetSplits):
+        kwargs.setdefault("train", splits_or_test.train)  # protocols with a teacher train it on the real split
     result = evaluate(synset, test, **kwargs)
     if out is not None:
         atomic_json(Path(out) / "result.json", result.to_dict())

@@ -135,3 +135,36 @@ def test_a_result_records_only_the_protocol_fields_that_applied(tiny_train, tiny
     assert "cutmix_beta" not in p and "crop_scale" not in p and "temperature" not in p and "epochs_aug" not in p
     idc = applied_fields(get_protocol("idc"))
     assert idc["milestones"] == [2 / 3, 5 / 6] and idc["gamma"] == 0.2 and idc["cutmix_beta"] == 1.0
+
+
+def test_teacher_protocol_relabels_every_augmented_view_for_hard_and_soft_sets(tiny_train, tiny_test, monkeypatch):
+    import torch.nn.functional as F
+
+    from gendistill.evaluation import trainer
+    from gendistill.evaluation.evaluate import evaluate
+    from gendistill.evaluation.protocols import get_protocol
+    from gendistill.synset.format import SyntheticSet
+
+    proto = get_protocol("teacher", model="convnet_w8", teacher="convnet_w8", teacher_epochs=2, epochs=1, runs=1)
+    assert proto.label_loss == "kl" and proto.temperature == 20.0 and proto.cutmix_prob == 1.0
+    seen = []
+    real_batch = trainer._Trainer._batch
+
+    def spy(self, perm, start, gen):
+        xb, yb, yb2, lam = real_batch(self, perm, start, gen)
+        seen.append((xb.detach().clone(), yb.detach().clone(), self.teacher))
+        return xb, yb, yb2, lam
+
+    monkeypatch.setattr(trainer._Trainer, "_batch", spy)
+    hard = SyntheticSet(tiny_train.images()[:20], tiny_train.labels[:20], tiny_train.class_names,
+                        tiny_train.preprocessing, meta={"method": "random"})
+    result = evaluate(hard, tiny_test, proto, train=tiny_train, progress=False)
+    xb, yb, teacher = seen[-1]
+    assert yb.dim() == 2 and torch.allclose(yb, F.softmax(teacher(xb) / 20.0, dim=1))  # the teacher's view labels
+    assert result.teacher["recipe"]["model"] == "convnet_w8" and result.protocol["teacher"] == "convnet_w8"
+    soft = SyntheticSet(hard.images, F.one_hot(hard.labels, 10).float(), hard.class_names, hard.preprocessing,
+                        meta={"method": "datm"})
+    again = evaluate(soft, tiny_test, proto, train=tiny_train, progress=False)  # soft labels: relabelled too
+    assert again.teacher["cache"] in ("memory",) or "safetensors" in again.teacher["cache"]
+    with pytest.raises(GendistillError, match="training split"):
+        evaluate(hard, tiny_test, proto, progress=False)

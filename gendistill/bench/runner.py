@@ -159,7 +159,7 @@ def _run_eval_cell(spec: BenchSpec, ecell: EvalCell, synset: Any, splits: Any, r
     if _current(spec, _read(target), ecell):
         return
     try:
-        result = evaluate(synset, splits.test, ecell.protocol, model=ecell.model, runs=spec.runs,
+        result = evaluate(synset, splits.test, ecell.protocol, model=ecell.model, runs=spec.runs, train=splits.train,
                           epochs=spec.epochs_for(ecell.distill.ipc), seed=ecell.distill.seed, device=spec.device,
                           progress=progress, test_subset=spec.test_subset)
         record = result.to_dict()

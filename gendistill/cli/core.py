@@ -199,6 +199,7 @@ def _cmd_eval(args) -> int:
         synset = synset.with_hard_labels()
     splits = load_for_synset(synset, args.data_root, args.download, args.dataset)
     result = evaluate(synset, splits.test, args.protocol, model=args.model, runs=args.runs, epochs=args.epochs,
+                      train=splits.train,
                       seed=args.seed, device=args.device, progress=not args.quiet, test_subset=args.test_subset)
     _print_result(result)
     if args.json:

@@ -65,6 +65,7 @@ class EvalResult:
     seed: int
     synset: dict[str, Any]
     protocol_source: str = "given"
+    teacher: dict[str, Any] | None = None
     best_mean: float | None = None
     best_std: float | None = None
     best_accs: list[float] | None = None
@@ -89,7 +90,27 @@ class EvalResult:
 
 
 
-def _check_compatible(synset: SyntheticSet, test: RealDataset, protocol: EvalProtocol) -> None:
+def _teacher(protocol: EvalProtocol, train: RealDataset | None, test: RealDataset, device: Any
+             ) -> tuple[nn.Module, dict[str, Any]]:
+    """The protocol's teacher: ``protocol.teacher`` trained on the full real training split, cached like the
+    set-quality report's network (its own seed, so it is not that network)."""
+    from gendistill.evaluation.features import FeatureSpec, cached_feature_network
+
+    if train is None:
+        raise GendistillError(f"protocol {protocol.name} relabels with a teacher trained on the real training split; "
+                              "pass train= (gendistill eval and bench load it themselves)")
+    if train.name != test.name or train.image_shape != test.image_shape:
+        raise GendistillError(f"the teacher's training split ({train.name}) is not the test split's dataset "
+                              f"({test.name})")
+    spec = FeatureSpec(model=protocol.teacher, epochs=protocol.teacher_epochs, device=str(device))
+    net, record = cached_feature_network(train, spec, derive_seed(0, "teacher", protocol.teacher))
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net, record
+
+
+def _check_compatible(synset: SyntheticSet, test: RealDataset, protocol: EvalProtocol, relabelled: bool = False
+                      ) -> None:
     if tuple(synset.images.shape[1:]) != tuple(test.image_shape):
         raise GendistillError(f"synthetic images are {tuple(synset.images.shape[1:])} but the test split of "
                               f"{test.name} is {tuple(test.image_shape)}; evaluate on the dataset it was made from")
@@ -108,7 +129,7 @@ def _check_compatible(synset: SyntheticSet, test: RealDataset, protocol: EvalPro
     if (protocol.color_jitter > 0 or protocol.lighting > 0) and synset.preprocessing.zca is not None:
         raise GendistillError(f"protocol {protocol.name} jitters colours in pixel space, which a ZCA-whitened set "
                               "does not have; set color_jitter=0 lighting=0")
-    if synset.soft and protocol.label_loss == "ce":
+    if synset.soft and protocol.label_loss == "ce" and not relabelled:
         raise GendistillError("the set has soft labels; evaluate with --protocol soft (or label_loss=kl)")
     if protocol.lr_from_synset and synset.lr is None:
         raise GendistillError(f"protocol {protocol.name} uses the learned lr, but the set has none; use dsa")
@@ -135,6 +156,7 @@ def evaluate(
     device: str | torch.device = "cpu",
     progress: bool = True,
     test_subset: int | None = None,
+    train: RealDataset | None = None,
 ) -> EvalResult:
     """Train ``runs`` fresh networks on ``synset`` under ``protocol`` and test each on ``test``.
 
@@ -152,6 +174,7 @@ def evaluate(
         progress: show progress bars (training passes, test pass).
         test_subset: test on a class-balanced subset of this many images (seeded by ``seed``; a reduced,
             labelled result) instead of the whole test split.
+        train: the real training split, needed by protocols with a ``teacher`` (trained on it once, cached).
     """
     from tqdm.auto import tqdm
 
@@ -183,11 +206,16 @@ def evaluate(
     proto = dataclasses.replace(proto, runs=runs or proto.runs, epochs=epochs or proto.epochs)
     if preset is not None:
         preset = resolve_protocol(dataclasses.replace(preset, model=proto.model), test.name, **set_rule)
-    if synset.soft and synset.meta.get("kip_label_space") == "centred" and proto.label_loss != "mse":
+    if proto.resize_crop == -1:  # RandomResizedCrop back to the image's own size
+        proto = dataclasses.replace(proto, resize_crop=test.image_shape[-1])
+    teacher = teacher_record = None
+    if proto.teacher:
+        teacher, teacher_record = _teacher(proto, train, test, device)
+    elif synset.soft and synset.meta.get("kip_label_space") == "centred" and proto.label_loss != "mse":
         # KIP's learned labels are regression targets (about one-hot - 1/C), not logits: a softmax of them would give
         # the true class 0.23 with 10 classes and 0.03 with 100. Train on them with MSE, as the KIP papers do.
         proto = dataclasses.replace(proto, label_loss="mse")
-    _check_compatible(synset, test, proto)
+    _check_compatible(synset, test, proto, teacher is not None)
     notes = []
     if preset is not None and proto.epochs < preset.epochs:
         notes.append(f"epochs {proto.epochs} of {preset.epochs}")
@@ -198,7 +226,9 @@ def evaluate(
     device = torch.device(device)
     x, y = synset.materialize()
     x = x.detach().to(device)
-    if synset.soft:
+    if teacher is not None:
+        y = (y.argmax(1) if y.dim() == 2 else y).to(device)  # not trained on: the teacher relabels every view
+    elif synset.soft:
         y = (y.float() if proto.label_loss == "mse" else _soft_targets(y.float(), proto.temperature)).to(device)
     else:
         y = y.to(device)
@@ -214,10 +244,11 @@ def evaluate(
     mode = proto.ensemble
     if mode == "auto":  # measured on 2 CPU cores: sequential is ~2x faster than the vmapped ensemble
         mode = "sequential" if _needs_sequential(nets[0]) or device.type == "cpu" else "batched"
-    if mode == "batched" and _needs_sequential(nets[0]):
-        raise GendistillError(f"{proto.model} has batch-norm statistics; use ensemble=sequential")
+    if mode == "batched" and (_needs_sequential(nets[0]) or teacher is not None):
+        raise GendistillError(f"{proto.model} has batch-norm statistics or a teacher; use ensemble=sequential")
     trainer = _Trainer(proto, x, y, lr, dsa, device,
-                       pixel_stats=(synset.preprocessing.mean, synset.preprocessing.std))
+                       pixel_stats=(synset.preprocessing.mean, synset.preprocessing.std),
+                       teacher=teacher.to(device) if teacher is not None else None)
     size = proto.resize_crop
     every = max(1, proto.epochs // proto.eval_count) if proto.eval_count else 0
     history: list[list[tuple[int, float]]] = [[] for _ in seeds]  # (1-based epoch, test accuracy) per run
@@ -277,7 +308,7 @@ def evaluate(
                 "decoder": synset.meta.get("decoder"), "label_kind": "soft" if synset.soft else
                   "hardened" if synset.meta.get("labels_hardened") else "hard",
                 "preprocessing": synset.preprocessing.describe()},
-        protocol_source=source, **best,
+        protocol_source=source, teacher=teacher_record, **best,
     )
 
 

@@ -61,10 +61,13 @@ class _Trainer:
 
     def __init__(self, protocol: EvalProtocol, x: torch.Tensor, y: torch.Tensor, lr: float, dsa: DSA,
                  device: torch.device, bar_per_batch: bool = False,
-                 pixel_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> None:
+                 pixel_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+                 teacher: nn.Module | None = None) -> None:
         """``pixel_stats``: the ``(mean, std)`` mapping [0, 1] pixels to the space of ``x`` (for colour jitter and
-        lighting; ``None`` treats ``x`` as pixels)."""
+        lighting; ``None`` treats ``x`` as pixels). ``teacher``: relabels every augmented batch (its softmax at the
+        protocol's temperature replaces the labels)."""
         self.p, self.x, self.y, self.lr, self.dsa, self.device = protocol, x, y, lr, dsa, device
+        self.teacher = teacher.eval() if teacher is not None else None
         self.passes = protocol.epochs + int(protocol.extra_pass)
         self.batches_per_pass = -(-x.shape[0] // protocol.batch_size)
         self.bar_per_batch = bar_per_batch
@@ -93,6 +96,10 @@ class _Trainer:
         yb2, lam = yb, 1.0
         if self.p.cutmix_prob > 0:
             xb, yb, yb2, lam = cutmix(xb, yb, gen, self.p.cutmix_beta, self.p.cutmix_prob)
+        if self.teacher is not None:  # the teacher labels the view the student sees (mixed image included)
+            with torch.no_grad():
+                yb = F.softmax(self.teacher(xb) / self.p.temperature, dim=1)
+            yb2, lam = yb, 1.0
         return xb, yb, yb2, lam
 
     def _batch_loss(self, out, yb, yb2, lam):
@@ -102,6 +109,8 @@ class _Trainer:
         return loss
 
     def _optimizer(self, params, lr):
+        if self.p.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=lr, weight_decay=self.p.weight_decay)
         return torch.optim.SGD(params, lr=lr, momentum=self.p.momentum, weight_decay=self.p.weight_decay)
 
     def _schedule(self, opt, params, epoch: int):
