@@ -21,10 +21,11 @@ TINY = EvalProtocol(name="dc", model="convnet_w8", epochs=6, batch_size=16, runs
 
 
 def test_presets_match_reference():
-    dc, dsa, idc = PROTOCOLS["dc"], PROTOCOLS["dsa"], PROTOCOLS["idc"]
+    dc, dsa = PROTOCOLS["dc"], PROTOCOLS["dsa"]
+    idc = get_protocol("idc")  # a method's own protocol: registered when its module loads (on first use)
     assert (dc.epochs, dc.lr, dc.momentum, dc.weight_decay, dc.batch_size, dc.dsa_strategy) == \
         (300, 0.01, 0.9, 5e-4, 256, "")
-    assert dsa.epochs == 1000 and "flip" in dsa.dsa_strategy and PROTOCOLS["mtt"].lr_from_synset
+    assert dsa.epochs == 1000 and "flip" in dsa.dsa_strategy and get_protocol("mtt").lr_from_synset
     assert idc.batch_size == 64 and idc.cutmix_prob == 0.5 and "cutout" not in idc.dsa_strategy
     assert PROTOCOLS["soft"].label_loss == "soft_ce"
 
