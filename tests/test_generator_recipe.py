@@ -199,3 +199,23 @@ def test_dpm_solver_with_an_oracle_model_returns_the_data_point_and_is_batch_ind
     many = sample_images(bb2, torch.tensor([4, 5, 6]), seeds, steps=5, cfg_scale=2.0, sampler="dpmsolver++",
                          progress=False, batch_size=3)
     assert torch.allclose(one[0], many[0], atol=1e-5)
+
+
+def test_paper_scale_smoke_script_runs_the_imagewoof_preset_at_tiny_width(tmp_path, monkeypatch):
+    import json
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts" / "perf"))
+    import paper_scale_smoke
+
+    out = tmp_path / "smoke.json"
+    assert paper_scale_smoke.main(["--tiny", "--steps", "2", "--images", "2", "--sample-steps", "3", "--json",
+                                   str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["params_trainable"] < report["params_total"] and report["finetune_step_s"] > 0
+    assert report["sample_s_per_image"] > 0 and report["latent_shape"] == [4, 8, 8]
+    full = paper_scale_smoke.DIT_XL_2_256  # the public DiT-XL/2-256 configuration, written out
+    assert (full["num_layers"], full["num_attention_heads"] * full["attention_head_dim"], full["patch_size"]) == \
+        (28, 1152, 2)
+    assert sys.modules["paper_scale_smoke"] is paper_scale_smoke

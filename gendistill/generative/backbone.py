@@ -31,7 +31,7 @@ from torch import nn
 from gendistill.generative.diffusion import GaussianDiffusion
 from gendistill.utils.errors import CheckpointError, ConfigError
 
-__all__ = ["ARCHS", "Backbone", "DiffFitDiT", "DiffFitUNet", "build_dit", "build_unet", "load_backbone",
+__all__ = ["ARCHS", "Backbone", "DiffFitDiT", "DiffFitUNet", "build_dit", "build_unet", "dit_init_", "load_backbone",
            "parse_unet_arch", "save_backbone", "tie_conditioning", "trainable_parameter_names"]
 
 #: name -> (depth, width, heads); the patch size comes from the ``/p`` suffix (DiT Table 1).
@@ -55,7 +55,7 @@ def parse_arch(arch: str) -> tuple[int, int, int, int]:
                       "custom-D<depth>-W<width>-H<heads>/<patch>")
 
 
-def _dit_init_(model: nn.Module) -> None:
+def dit_init_(model: nn.Module) -> None:
     """DiT's initialisation: xavier linears, zeroed adaLN modulation and output layer, N(0, 0.02) embeddings."""
     for module in model.modules():
         if isinstance(module, nn.Linear):
@@ -95,7 +95,7 @@ def build_dit(arch: str, in_channels: int, sample_size: int, num_classes: int, l
                                       in_channels=in_channels, out_channels=in_channels * (2 if learn_sigma else 1),
                                       num_layers=depth, sample_size=sample_size, patch_size=patch,
                                       num_embeds_ada_norm=num_classes)
-        _dit_init_(model)
+        dit_init_(model)
     return model
 
 
