@@ -2,7 +2,7 @@
 weights from their public configurations, run through the ImageWoof Minimax preset's fine-tuning (a few steps) and
 sampler (a few images).
 
-    python scripts/perf/paper_scale_smoke.py --json results/perf/paper_scale_smoke.json          # CPU: 2 steps, 2 images
+    python scripts/perf/paper_scale_smoke.py --json results/perf/paper_scale_smoke.json   # CPU: 2 steps, 2 images
     python scripts/perf/paper_scale_smoke.py --device cuda --batch 8 --steps 5 --images 8 --compare --json FILE
 
 It checks the shapes, the trainable DiffFit subset (the reference's 1.74 M of 675 M parameters) and records
