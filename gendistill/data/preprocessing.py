@@ -115,8 +115,10 @@ class Preprocessing:
         )
 
     def apply(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``[N, C, H, W]`` uint8 or [0, 1] float pixels -> model space (float32)."""
-        x = pixels.float() / 255.0 if pixels.dtype == torch.uint8 else pixels.float()
+        """``[N, C, H, W]`` uint8 or [0, 1] float pixels -> model space (float32 for uint8; float inputs keep their
+        precision, so a float64 gradient check stays float64)."""
+        x = pixels.float() / 255.0 if pixels.dtype == torch.uint8 else (
+            pixels if pixels.is_floating_point() else pixels.float())
         mean, std = self._stats(x)
         x = (x - mean) / std
         return self.zca.apply(x) if self.zca is not None else x

@@ -250,7 +250,8 @@ class GaussianDiffusion:
     # ------------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise: torch.Tensor,
-               progress: Callable[[int], None] | None = None, clip_denoised: bool = False) -> torch.Tensor:
+               progress: Callable[[int], None] | None = None, clip_denoised: bool = False,
+               guide: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
         """Ancestral sampling (DDPM) over this chain.
 
         Args:
@@ -259,6 +260,9 @@ class GaussianDiffusion:
                 every image is a function of its own noise only (regenerable from its seed).
             progress: called with 1 after each step.
             clip_denoised: clamp each step's ``x0_hat`` to [-1, 1] (pixel-space models).
+            guide: sampling-time guidance (MGD3, IGD): ``guide(index=i, x=x_t, x_next=..., mean=..., log_var=...,
+                x0=..., output=..., chain=self)`` returns the next sample; ``i`` is the step's index in this
+                chain (``num_timesteps - 1`` first, 0 last).
         """
         if noise.dim() != 5 or noise.shape[1] < self.num_timesteps + 1:
             raise ValueError(f"noise must be [N, {self.num_timesteps + 1}, C, H, W]")
@@ -267,8 +271,12 @@ class GaussianDiffusion:
         for k, i in enumerate(reversed(range(self.num_timesteps))):
             t = torch.full((n,), i, dtype=torch.long, device=x.device)
             output = model(x, self.timestep_map.to(x.device)[t]).float()
-            mean, log_var, _ = self.p_mean_variance(output, x, t, clip_denoised)
-            x = mean + torch.exp(0.5 * log_var) * noise[:, k + 1] if i > 0 else mean
+            mean, log_var, x0 = self.p_mean_variance(output, x, t, clip_denoised)
+            x_next = mean + torch.exp(0.5 * log_var) * noise[:, k + 1] if i > 0 else mean
+            if guide is not None:
+                x_next = guide(index=i, x=x, x_next=x_next, mean=mean, log_var=log_var, x0=x0, output=output,
+                               chain=self)
+            x = x_next
             if progress is not None:
                 progress(1)
         return x

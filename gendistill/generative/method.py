@@ -466,6 +466,11 @@ class MinimaxDistiller(Distiller):
 
     finetunes: ClassVar[bool] = True
 
+    def generate_images(self, backbone: Backbone, train: RealDataset, ipc: int, seed: int, progress: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The set's images from the (fine-tuned) backbone: :func:`generate`; guided methods override it."""
+        return generate(backbone, train, ipc, self.config, seed=seed, progress=progress)
+
     def distill(self, train: RealDataset, ipc: int, *, seed: int = 0, run: Any = None,
                 progress: bool | None = None) -> SyntheticSet:
         show = self.show_progress(run, progress)
@@ -496,7 +501,7 @@ class MinimaxDistiller(Distiller):
             times["finetune_s"] = time.perf_counter() - clock
         clock = time.perf_counter()
         sample_seed = config.sample_seed if config.sample_seed >= 0 else seed
-        pixels, labels, seeds = generate(backbone, train, ipc, config, seed=sample_seed, progress=progress)
+        pixels, labels, seeds = self.generate_images(backbone, train, ipc, sample_seed, progress)
         times["sample_s"] = time.perf_counter() - clock
         synset = to_synset(self, train, pixels, labels, seeds, ipc, seed, out if keep else None)
         synset.meta.update(stage_times=times, sample_seed=sample_seed,

@@ -85,16 +85,20 @@ def dpm_solver(backbone: Backbone, steps: int):
 
 def denoise(backbone: Backbone, labels: torch.Tensor, noise: torch.Tensor, *, steps: int, cfg_scale: float = 4.0,
             guided_channels: int = 3, cfg_interval: tuple[float, float] = (0.0, 1000.0), sampler: str = "ancestral",
-            scheduler: Any = None, clip_denoised: bool = False, progress: Callable[[int], None] | None = None
-            ) -> torch.Tensor:
+            scheduler: Any = None, clip_denoised: bool = False, progress: Callable[[int], None] | None = None,
+            guide: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
     """Clean model-space samples from ``noise``: the reference's ancestral sampler over the chain respaced to
     ``steps`` (``noise`` is ``[N, steps + 1, C, H, W]``: start noise, then one draw per step), or a diffusers
     multistep scheduler - ``scheduler`` if given, else DPM-Solver++ for ``sampler="dpmsolver++"`` - from the start
-    noise ``noise[:, 0]`` (or ``noise`` itself when it is ``[N, C, H, W]``). ``labels`` are model class indices."""
+    noise ``noise[:, 0]`` (or ``noise`` itself when it is ``[N, C, H, W]``). ``labels`` are model class indices.
+    ``guide``: sampling-time guidance of the ancestral sampler (see :meth:`GaussianDiffusion.sample`)."""
     model = guided_model(backbone, labels, cfg_scale, guided_channels, tuple(cfg_interval))
     step = progress or (lambda k: None)
     if scheduler is None and sampler == "ancestral":
-        return backbone.diffusion.respace(steps).sample(model, noise, progress=step, clip_denoised=clip_denoised)
+        return backbone.diffusion.respace(steps).sample(model, noise, progress=step, clip_denoised=clip_denoised,
+                                                        guide=guide)
+    if guide is not None:
+        raise ValueError("sampling-time guidance runs with the ancestral sampler (sampler=ancestral)")
     if scheduler is None:
         scheduler = dpm_solver(backbone, steps)
     scheduler.set_timesteps(steps)  # also resets a multistep scheduler's history
@@ -119,7 +123,9 @@ def sample_images(backbone: Backbone, model_labels: torch.Tensor, seeds: torch.T
                   cfg_scale: float = 4.0, guided_channels: int = 3, batch_size: int = 64,
                   autocast_dtype: torch.dtype | None = None, clip_denoised: bool | None = None,
                   progress: bool = True, sampler: str = "ancestral",
-                  cfg_interval: tuple[float, float] = (0.0, 1000.0)) -> torch.Tensor:
+                  cfg_interval: tuple[float, float] = (0.0, 1000.0),
+                  guide_factory: Callable[[torch.Tensor, torch.Tensor], Callable[..., torch.Tensor]] | None = None
+                  ) -> torch.Tensor:
     """Generate one image per (model label, seed): pixels in [0, 1], ``[N, C, H, W]`` at the model's resolution.
 
     Args:
@@ -135,6 +141,8 @@ def sample_images(backbone: Backbone, model_labels: torch.Tensor, seeds: torch.T
             samples latents unclipped). Ancestral sampler only.
         sampler: ``ancestral`` (the reference) or ``dpmsolver++``.
         cfg_interval: chain timesteps ``[lo, hi]`` where guidance applies (see :func:`guided_model`).
+        guide_factory: ``(model labels of the batch, image indices in seeds) -> guide`` for sampling-time guidance
+            (MGD3, IGD; :mod:`gendistill.generative.guided`).
     """
     if sampler not in ("ancestral", "dpmsolver++"):
         raise ValueError(f"sampler must be ancestral or dpmsolver++, got {sampler!r}")
@@ -161,7 +169,8 @@ def sample_images(backbone: Backbone, model_labels: torch.Tensor, seeds: torch.T
         ctx = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                else torch.autocast(device.type, enabled=False))
         with ctx:
-            x0 = denoise(backbone, labels, noise, progress=bar.update, **options)
+            guide = guide_factory(labels, torch.arange(start, start + len(chunk))) if guide_factory else None
+            x0 = denoise(backbone, labels, noise, progress=bar.update, guide=guide, **options)
         fault_point("sample_batch")
         out.append(backbone.decode(x0.float()).cpu())
     bar.close()

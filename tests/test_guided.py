@@ -1,0 +1,156 @@
+"""MGD3 and IGD: the mode assignment by hand, the guidance terms against finite differences on a tiny model, and both
+methods end to end on the dit base and on a Minimax fine-tuned model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gendistill.generative.backbone import Backbone, DiffFitDiT, build_dit
+from gendistill.generative.diffusion import GaussianDiffusion
+from gendistill.generative.guided import (
+    IGDConfig,
+    IGDDistiller,
+    InfluenceGuide,
+    MGD3Config,
+    MGD3Distiller,
+    ModeGuide,
+    class_modes,
+    real_gradients,
+    surrogate_snapshots,
+)
+from gendistill.generative.sample import guided_model
+from gendistill.presets import resolve_config
+
+
+def tiny_backbone(seed: int = 1) -> Backbone:
+    net = DiffFitDiT(build_dit("custom-D2-W16-H2/4", 1, 16, 10, seed=seed))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # a trained-looking model: DiT's zero-initialised output layer would hide every gradient
+        for p in net.transformer.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return Backbone(net, GaussianDiffusion.linear(), "pixel", 1, 16, latent_scale=1.0)
+
+
+def test_modes_are_the_per_class_kmeans_centroids_and_sample_k_gets_mode_k(tiny_train):
+    from sklearn.cluster import KMeans
+
+    from gendistill.utils.seeding import derive_seed
+
+    bb = tiny_backbone()
+    modes = class_modes(bb, tiny_train, 2, seed=0)
+    assert modes.shape == (10, 2, 1, 16, 16)
+    rows = (tiny_train.labels == 3).nonzero().squeeze(1)
+    z = (tiny_train.pixels[rows].float() / 255.0 * 2 - 1).flatten(1).double().numpy()  # pixel space: 2p - 1
+    km = KMeans(n_clusters=2, random_state=derive_seed(0, "mgd3", 3) % 2**31, n_init="auto").fit(z)
+    assert torch.allclose(modes[3].flatten(1).double(), torch.from_numpy(km.cluster_centers_), atol=1e-5)
+    guide = ModeGuide(modes.flatten(0, 1)[[6, 7]], strength=0.1, stop=25)  # class 3's modes 0 and 1
+    x0, x_next = torch.zeros(2, 1, 16, 16), torch.ones(2, 1, 16, 16)
+    log_var = torch.full_like(x0, math.log(0.25))  # sigma 0.5
+    pulled = guide(index=30, x_next=x_next, x0=x0, log_var=log_var)
+    assert torch.allclose(pulled, x_next + 0.1 * 0.5 * (modes[3] - x0))
+    assert torch.equal(guide(index=25, x_next=x_next, x0=x0, log_var=log_var), x_next)  # stopped at step 25
+
+
+@pytest.fixture
+def influence(tiny_train):
+    cfg = IGDConfig(igd_model="convnet_w8", igd_epochs=1, igd_checkpoints=[0, 1], igd_grad_ipc=4, cfg_scale=1.0)
+    net, snaps = surrogate_snapshots(tiny_train, cfg, seed=0)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    targets = real_gradients(net, snaps, tiny_train, cfg.igd_grad_ipc)
+    return cfg, net, snaps, targets
+
+
+def test_influence_term_is_the_gradient_of_its_loss_by_finite_differences(tiny_train, influence):
+    torch.manual_seed(0)
+    cfg, net, snaps, targets = influence
+    bb = tiny_backbone()
+    net.double()
+    bb.net.double()
+    snaps = [{k: v.double() for k, v in s.items()} for s in snaps]
+    targets = [t.double() for t in targets]
+    labels = torch.tensor([2, 5])
+    chain = bb.diffusion.respace(50)
+    model = guided_model(bb, labels, 1.0, 0)
+    guide = InfluenceGuide(bb, tiny_train, net, snaps, targets, labels, [[] for _ in range(10)], model, cfg)
+    x = torch.randn(2, 1, 16, 16, dtype=torch.float64)
+    t = torch.full((2,), 35, dtype=torch.long)
+    grad, _ = guide._influence(x, t, chain)
+
+    def loss(xx: torch.Tensor) -> float:
+        from torch.func import functional_call
+
+        out = model(xx, chain.timestep_map[t]).double()
+        eps, x0 = chain.eps_and_x0(chain.split_output(out, 1)[0], xx, t)
+        images = tiny_train.preprocessing.apply((x0 + 1) / 2)
+        total = 0.0
+        for params, target in zip(snaps, targets, strict=True):
+            names = list(params)
+            for i in range(2):
+                theta = [params[n].detach().requires_grad_(True) for n in names]
+                ce = torch.nn.functional.cross_entropy(
+                    functional_call(net, dict(zip(names, theta, strict=True)), (images[i:i + 1],)), labels[i:i + 1])
+                g = torch.cat([gr.flatten() for gr in torch.autograd.grad(ce, theta)])
+                ref = target[int(labels[i])]
+                total += float(1 - g @ ref / (g.norm() * ref.norm() + 1e-6))
+        return total / len(snaps)
+
+    h = 1e-4
+    for idx in [(0, 0, 3, 4), (1, 0, 8, 8), (0, 0, 12, 1)]:
+        up, down = x.clone(), x.clone()
+        up[idx] += h
+        down[idx] -= h
+        numeric = (loss(up) - loss(down)) / (2 * h)
+        assert grad[idx].item() == pytest.approx(numeric, rel=1e-3, abs=1e-7)
+
+
+def test_deviation_term_is_the_cosine_gradient_toward_the_most_similar_memory_entry(tiny_train, influence):
+    cfg, net, snaps, targets = influence
+    x = torch.randn(1, 1, 4, 4, dtype=torch.float64)
+    near, far = x[0] + 0.1 * torch.randn(1, 4, 4, dtype=torch.float64), -x[0]
+    memory = [[] for _ in range(10)]
+    memory[3] = [far, near]
+    guide = InfluenceGuide(None, tiny_train, net, snaps, targets, torch.tensor([3]), memory, None, cfg)
+    d = guide._deviation(x)
+    v = x.flatten().clone().requires_grad_(True)
+    cos = torch.nn.functional.cosine_similarity(v, near.flatten(), dim=0)
+    (expected,) = torch.autograd.grad(cos, v)
+    assert torch.allclose(d.flatten(), expected, atol=1e-10)
+    assert torch.equal(InfluenceGuide(None, tiny_train, net, snaps, targets, torch.tensor([4]), memory, None,
+                                      cfg)._deviation(x), torch.zeros_like(x))  # an empty class memory: no term
+
+
+@pytest.mark.parametrize("name,cls", [("mgd3", MGD3Distiller), ("igd", IGDDistiller)])
+def test_guided_methods_run_on_the_base_and_on_a_minimax_finetuned_model(tiny_train, tmp_path, name, cls):
+    from gendistill.generative.method import pretrain
+
+    cfg = resolve_config(name, "tiny", 2, preset="smoke")
+    model = pretrain(tiny_train, cfg, tmp_path / "pre", progress=False)
+    base = cls(resolve_config(name, "tiny", 2, preset="smoke", overrides=[f"pretrained={model}"]))
+    syn = base.distill(tiny_train, 2, seed=0, progress=False)
+    assert syn.images.shape == (20, 1, 16, 16) and torch.isfinite(syn.images).all()
+    assert syn.meta["method"] == name and str(model) in syn.meta["backbone"]
+    tuned = cls(resolve_config(name, "tiny", 2, preset="smoke", overrides=[f"pretrained={model}", "finetune=true"]))
+    assert tuned.finetunes
+    syn2 = tuned.distill(tiny_train, 2, seed=0, progress=False)
+    assert "temporary" in syn2.meta["backbone"] or "finetune" in syn2.meta["backbone"]
+    assert not torch.equal(syn.images, syn2.images)
+
+
+def test_mgd3_and_igd_change_the_unguided_samples(tiny_train, tmp_path):
+    from gendistill.generative.method import DiTDistiller, pretrain
+
+    cfg = resolve_config("mgd3", "tiny", 2, preset="smoke")
+    model = pretrain(tiny_train, cfg, tmp_path / "pre", progress=False)
+    plain = DiTDistiller(resolve_config("dit", "tiny", 2, preset="smoke", overrides=[f"pretrained={model}"]))
+    ref = plain.distill(tiny_train, 2, seed=0, progress=False).images
+    for name, cls in (("mgd3", MGD3Distiller), ("igd", IGDDistiller)):
+        out = cls(resolve_config(name, "tiny", 2, preset="smoke", overrides=[f"pretrained={model}"])).distill(
+            tiny_train, 2, seed=0, progress=False).images
+        assert not torch.allclose(out, ref), name
+    off = MGD3Distiller(resolve_config("mgd3", "tiny", 2, preset="smoke",
+                                       overrides=[f"pretrained={model}", "mode_lambda=0.0"]))
+    assert torch.allclose(off.distill(tiny_train, 2, seed=0, progress=False).images, ref, atol=1e-6)
