@@ -14,7 +14,6 @@ from gendistill.generative.guided import (
     IGDConfig,
     IGDDistiller,
     InfluenceGuide,
-    MGD3Config,
     MGD3Distiller,
     ModeGuide,
     class_modes,
