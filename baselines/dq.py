@@ -262,13 +262,22 @@ def _imagenet_resnet18(state: dict[str, torch.Tensor], where: str) -> nn.Module:
     return net
 
 
+#: the input normalisation DQ's code gives its selection network where it differs from the dataset's here (DQ
+#: normalises CIFAR-10 with the true per-channel std, this package with the 0.2023/0.1994/0.2010 of the DC family)
+DQ_NORMALISATION = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))}
+
+
 class PretrainedResNet18(nn.Module):
     """ImageNet ResNet-18 as the reference's selection network: inputs upsampled to ``image_size``, a random
-    first conv for non-RGB inputs, a random final layer (``classifier``) for ``num_classes`` != 1000."""
+    first conv for non-RGB inputs, a random final layer (``classifier``) for ``num_classes`` != 1000.
+    ``renormalise`` maps inputs in the dataset's normalisation to DQ's (``(scale, shift)``: ``x * scale + shift``)."""
 
     def __init__(self, state: dict[str, torch.Tensor], where: str, channels: int, num_classes: int,
-                 image_size: int, seed: int) -> None:
+                 image_size: int, seed: int, renormalise: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__()
+        scale, shift = renormalise or (torch.ones(channels), torch.zeros(channels))
+        self.register_buffer("in_scale", scale.float().view(1, -1, 1, 1))
+        self.register_buffer("in_shift", shift.float().view(1, -1, 1, 1))
         net = _imagenet_resnet18(state, where)
         with seeded(derive_seed(seed, "dq-resnet18-random-layers")):
             if channels != 3:
@@ -280,6 +289,7 @@ class PretrainedResNet18(nn.Module):
         self.image_size = image_size
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * self.in_scale + self.in_shift
         if x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         n = self.net
@@ -422,6 +432,16 @@ def _load_mae(path: str, device: torch.device) -> nn.Module:
     return mae.to(device).eval()
 
 
+def dq_renormalisation(train: RealDataset) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(scale, shift)`` taking ``train``'s normalised images to DQ's normalisation of that dataset (None: same)."""
+    pre = train.preprocessing
+    if train.name not in DQ_NORMALISATION or pre.zca is not None:  # DQ does not whiten; ZCA inputs stay as they are
+        return None
+    mean, std = torch.tensor(pre.mean), torch.tensor(pre.std)
+    dq_mean, dq_std = (torch.tensor(v) for v in DQ_NORMALISATION[train.name])
+    return std / dq_std, (mean - dq_mean) / dq_std
+
+
 # ----------------------------------------------------------------------------------------------- method
 @register_method("dq", config=DQConfig, paper="Zhou, Wang, Gu et al., Dataset Quantization, ICCV 2023",
                  year=2023, kind="coreset", default_eval="dc")
@@ -433,9 +453,12 @@ class DatasetQuantization(Distiller):
         c, _, _ = train.image_shape
         if cfg.pretrained_weights:
             state, where = _load_resnet18_state(cfg.pretrained_weights)
-            net = PretrainedResNet18(state, where, c, train.num_classes, cfg.pretrained_image_size, seed)
+            renormalise = dq_renormalisation(train)
+            net = PretrainedResNet18(state, where, c, train.num_classes, cfg.pretrained_image_size, seed,
+                                     renormalise)
             desc = (f"ImageNet ResNet-18 ({where}) at {cfg.pretrained_image_size} px, untrained on the data, random "
-                    f"final layer{', random first conv' if c != 3 else ''}")
+                    f"final layer{', random first conv' if c != 3 else ''}"
+                    f"{', inputs in DQ normalisation' if renormalise else ''}")
             return net.to(self.device).eval(), {"network": desc, "weights": where, "state": state}
         net = feature_network(train, cfg.feature_spec(), seed, progress)
         how = (f"trained {cfg.feature_epochs} epochs on "

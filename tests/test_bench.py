@@ -145,7 +145,10 @@ def test_ray_dispatch_on_a_local_instance(tmp_path, mnist_root):
     assert collect_cells(spec, out) == records
 
 
-def test_quickstart_runs_the_generative_core_on_one_shared_dit(tmp_path, mnist_root, monkeypatch, capsys):
+def test_quickstart_starts_from_the_shipped_generator_else_pretrains_one(tmp_path, mnist_root, monkeypatch, capsys):
+    from gendistill.generative import hub
+    from gendistill.generative.ship import ship_model
+
     tiny = ("arch: custom-D2-W16-H2/4\nspace: pixel\nprediction: v_prediction\npretrain_steps: 2\n"
             "pretrain_batch_size: 8\nfinetune_steps: 2\nbatch_size: 4\nsample_steps: 3\ncheckpoint_every: 0\n"
             "log_every: 1\n")
@@ -154,6 +157,7 @@ def test_quickstart_runs_the_generative_core_on_one_shared_dit(tmp_path, mnist_r
         (tmp_path / "cfg" / method / "quickstart.yaml").write_text(tiny)
     monkeypatch.setenv("GENDISTILL_CONFIGS", str(tmp_path / "cfg"))
     monkeypatch.setenv("GENDISTILL_DATA", str(mnist_root))
+    monkeypatch.setattr(hub, "shipped_root", lambda: tmp_path / "shipped")  # none shipped: pretrain once, share
     out = tmp_path / "q"
     assert main(["--quiet", "quickstart", "--out", str(out), "--ipc", "1", "--epochs", "1", "--runs", "1",
                  "--methods", "dit,minimax"]) == 0
@@ -166,6 +170,14 @@ def test_quickstart_runs_the_generative_core_on_one_shared_dit(tmp_path, mnist_r
         meta = json.loads((out / c["run_dir"] / "synset" / "synset.json").read_text())["meta"]
         assert meta["config"]["pretrained"] == str(model.resolve())
     assert "minimax" in (out / "index.html").read_text()
+    ship_model(model, "tiny-mnist", quality_ipc=0, root=tmp_path / "shipped", overrides=["sample_steps=2"])
+    assert main(["--quiet", "quickstart", "--out", str(tmp_path / "q2"), "--ipc", "1", "--epochs", "1", "--runs",
+                 "1", "--methods", "minimax"]) == 0
+    assert "shipped generator gendistill/tiny-mnist" in capsys.readouterr().out
+    assert not (tmp_path / "q2" / "models").exists()
+    cell = json.loads((tmp_path / "q2" / "cells.json").read_text())[0]
+    meta = json.loads((tmp_path / "q2" / cell["run_dir"] / "synset" / "synset.json").read_text())["meta"]
+    assert meta["config"]["pretrained"] == "gendistill/tiny-mnist"
 
 
 def test_cell_ids_are_unique_and_short():

@@ -240,3 +240,18 @@ def test_dq_with_a_local_mae_folder(tmp_path, tiny_train):
     assert torch.equal(again.images, syn.images)
     with pytest.raises(GendistillError, match="not a folder"):
         DatasetQuantization(tiny_cfg(mae_weights=str(tmp_path / "none"))).distill(tiny_train, 1, progress=False)
+
+
+def test_the_resnet_sees_cifar10_in_dq_normalisation(tmp_path, tiny_train):
+    from conftest import make_cifar10_root
+
+    from gendistill.baselines.dq import DQ_NORMALISATION, dq_renormalisation
+    from gendistill.data.datasets import load_dataset
+
+    train = load_dataset("cifar10", make_cifar10_root(tmp_path)).train
+    scale, shift = dq_renormalisation(train)
+    pixels = torch.rand(4, 3, 32, 32)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in DQ_NORMALISATION["cifar10"])
+    renormalised = train.preprocessing.apply(pixels) * scale.view(1, 3, 1, 1) + shift.view(1, 3, 1, 1)
+    assert torch.allclose(renormalised, (pixels - mean) / std, atol=1e-5)
+    assert dq_renormalisation(tiny_train) is None

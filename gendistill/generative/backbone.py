@@ -537,7 +537,7 @@ def load_vaes(decoder: str, decoder_subfolder: str = "", encoder: str | None = N
     dec = _from_pretrained(AutoencoderKL, decoder, decoder_subfolder)
     enc = _from_pretrained(AutoencoderKL, encoder, encoder_subfolder) if encoder else dec
     for vae in {id(enc): enc, id(dec): dec}.values():
-        vae.requires_grad_(False).eval()
+        vae.float().requires_grad_(False).eval()
     factor = 2 ** (len(dec.config.block_out_channels) - 1)
     return enc, dec, factor, float(getattr(dec.config, "scaling_factor", LATENT_SCALE))
 
@@ -621,7 +621,8 @@ def load_backbone(source: str | Path, *, vae_encoder: str | None = None, vae_dec
     if path.exists() and not (path / component).is_dir():
         raise CheckpointError(f"{source} is not a DiT pipeline folder (no transformer/ or unet/); expected the layout "
                               "of facebook/DiT-XL-2-256 or a folder written by `gendistill pretrain`/`finetune`")
-    inner = _from_pretrained(UNet2DModel if component == "unet" else DiTTransformer2DModel, source, component)
+    # float32 masters whatever the stored precision (the shipped models store fp16; see generative/ship.py)
+    inner = _from_pretrained(UNet2DModel if component == "unet" else DiTTransformer2DModel, source, component).float()
     meta: dict[str, Any] = {}
     if path.exists() and (path / "gendistill.json").is_file():
         meta = json.loads((path / "gendistill.json").read_text())

@@ -41,7 +41,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse
         else:
             p.add_argument("--resume", nargs="?", const="latest", default=None,
                            help="continue from the newest checkpoint (--resume or --resume latest)")
-    sub.add_parser("models", help="the shipped pretrained generators (gendistill/<name>) with their cards' figures")
+    models = sub.add_parser("models", help="the shipped pretrained generators (gendistill/<name>) with their cards' "
+                                           "figures; `models ship` makes one")
+    actions = models.add_subparsers(dest="models_command")
+    ship = actions.add_parser("ship", help="store a trained model (fp16) with its quality report, card and checksums "
+                                           "among the shipped models")
+    ship.add_argument("source", help="the model/ folder of a finished `gendistill pretrain` run")
+    ship.add_argument("--name", required=True, help="folder name; the model becomes gendistill/NAME")
+    ship.add_argument("--dataset", default=None, help="its dataset (default: the one the model records)")
+    ship.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="storage precision")
+    ship.add_argument("--quality-ipc", type=int, default=50, help="IPC of the quality report's set (0: none)")
+    ship.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="dit setting of the quality report's set (default: the cpu preset's)")
+    ship.add_argument("--root", default=None, help="where to write (default: the package's shipped models)")
+    ship.add_argument("--seed", type=int, default=0)
+    ship.add_argument("--data-root", help="dataset folder (default: $GENDISTILL_DATA, else ~/.cache/gendistill/data)")
     return {**dict.fromkeys(COMMANDS, run), "models": list_models}
 
 
@@ -49,6 +63,14 @@ def list_models(args: argparse.Namespace) -> int:
     """``gendistill models``: one line per shipped model with the key figures of its card."""
     from gendistill.generative.hub import card_metadata, shipped_models
 
+    if getattr(args, "models_command", None) == "ship":
+        from gendistill.generative.ship import ship_model
+
+        folder = ship_model(args.source, args.name, dataset=args.dataset, dtype=args.dtype,
+                            quality_ipc=args.quality_ipc, overrides=list(args.set), root=args.root,
+                            data_root=args.data_root, seed=args.seed, progress=not args.quiet)
+        print(f"wrote {folder} ({sum(f.stat().st_size for f in folder.rglob('*.safetensors')) / 2**20:.2f} MB)")
+        return 0
     models = shipped_models()
     if not models:
         print("no shipped models in this installation")

@@ -131,7 +131,8 @@ def write_model_card(folder: str | Path, info: dict[str, Any], quality: dict[str
         "datasets": [dataset],
         "license": "apache-2.0",
         "gendistill": {k: info[k] for k in ("arch", "space", "stage", "steps", "global_batch", "train_time_s",
-                                             "seed", "preset", "overrides", "lambda_pos", "lambda_neg")
+                                             "seed", "preset", "overrides", "lambda_pos", "lambda_neg",
+                                             "weights_dtype", "model_id")
                        if k in info},
     }
     if quality:
@@ -145,8 +146,9 @@ def write_model_card(folder: str | Path, info: dict[str, Any], quality: dict[str
              ""]
     recipe = info.get("recipe") or {}
     lines += ["## Recipe", "", "| setting | value |", "|---|---|"]
-    for key in ("arch", "space", "prediction", "steps", "global_batch", "lr", "min_snr_gamma", "ema", "sampler",
-                "guidance", "lambda_pos", "lambda_neg", "train_time_s", "seed"):
+    for key in ("arch", "space", "prediction", "steps", "global_batch", "lr", "warmup_steps", "min_snr_gamma", "ema",
+                "max_grad_norm", "label_dropout", "sampler", "guidance", "lambda_pos", "lambda_neg", "train_time_s",
+                "seed"):
         value = recipe.get(key, info.get(key))
         if value is not None:
             lines.append(f"| {key} | {_fmt(value)} |")
@@ -157,9 +159,14 @@ def write_model_card(folder: str | Path, info: dict[str, Any], quality: dict[str
                   "| precision | recall | density | coverage | FD | agreement |", "|---|---|---|---|---|---|",
                   "| " + " | ".join(_fmt(quality.get(k, "")) for k in ("precision", "recall", "density",
                                                                             "coverage", "fd", "agreement")) + " |"]
+    check = info.get("precision_check")
+    if check:
+        lines += ["", f"Weights stored in {check['dtype']} and loaded into float32. Sampled with the same noise, one "
+                  f"image per class differs from the float32 model's by at most {check['max_pixel_diff']:.2g} "
+                  f"(mean {check['mean_pixel_diff']:.2g}) on a [0, 1] pixel scale."]
     if info.get("command"):
         lines += ["", "## Reproduce", "", "```bash", info["command"], "```"]
     lines += ["", "## Use", "", "```python", "from gendistill.generative.pipeline import load_pipeline",
-              "", f"pipe = load_pipeline({str(folder)!r})",
+              "", f"pipe = load_pipeline({str(info.get('model_id') or folder)!r})",
               "images = pipe(class_labels=[0, 1, 2], num_inference_steps=50).images", "```", ""]
     return atomic_text(folder / "README.md", "\n".join(lines))

@@ -67,6 +67,16 @@ class TrainSpec:
         return self.lambda_pos > 0 or self.lambda_neg > 0
 
 
+def recipe_record(spec: TrainSpec, backbone: Backbone) -> dict[str, Any]:
+    """The settings of a training stage a model card shows (see :func:`gendistill.generative.hub.write_model_card`)."""
+    ema = (f"half-life {spec.ema_halflife_kimg:g} kimg, ramp-up {spec.ema_rampup:g}" if spec.ema_halflife_kimg > 0
+           else f"decay {spec.ema_decay:g}")
+    return {"arch": backbone.info.get("arch"), "space": backbone.space, "prediction": backbone.diffusion.prediction,
+            "steps": spec.steps, "global_batch": spec.batch_size, "lr": spec.lr, "warmup_steps": spec.warmup_steps,
+            "min_snr_gamma": spec.min_snr_gamma or None, "ema": ema, "max_grad_norm": spec.max_grad_norm,
+            "label_dropout": spec.label_dropout}
+
+
 class EMA:
     """Exponential moving average of named parameters (``shadow = decay * shadow + (1 - decay) * param``).
 
@@ -320,7 +330,8 @@ def train_backbone(backbone: Backbone, train: RealDataset, class_ids: torch.Tens
     if accelerator.is_main_process:
         ema.copy_to_params()  # the saved model holds the EMA weights (the reference samples from the EMA)
         backbone.info.update({"stage": spec.stage, "steps": spec.steps, "train_time_s": time.perf_counter() - t0,
-                              "seed": seed, "processes": world, "global_batch": spec.batch_size})
+                              "seed": seed, "processes": world, "global_batch": spec.batch_size,
+                              "recipe": recipe_record(spec, backbone)})
         save_backbone(backbone, target)
     accelerator.wait_for_everyone()
     accelerator.end_training()
