@@ -4,8 +4,8 @@ It benchmarks the coreset references (random, herding, k-means), DM, and the gen
 class-conditional DiT, no fine-tuning) and ``minimax`` (the same DiT fine-tuned with the Minimax losses) - on
 MNIST when the data root holds it, else scikit-learn's bundled 8x8 digits, at IPC 10. Both start from the
 generator the package ships for that dataset (``gendistill models``); an installation without one pretrains a
-small DiT once (``quickstart`` preset of ``minimax``, 500 steps) and shares it. Every set is evaluated under its method's own
-protocol with reduced epochs (labelled), and the run ends with the leaderboard page (``index.html``): the
+small DiT once (``quickstart`` preset of ``minimax``, 500 steps) and shares it. Every set is evaluated under its
+method's own protocol with reduced epochs (labelled), and the run ends with the leaderboard page (``index.html``): the
 table, the published figures, plots and the grid of every set.
 """
 

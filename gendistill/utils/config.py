@@ -22,6 +22,11 @@ __all__ = ["config_to_dict", "from_dict", "load_config", "parse_overrides", "rea
 T = TypeVar("T")
 
 
+
+def _shown(key: str) -> str:
+    """A config key as an error shows it: plain when it is a dotted name, quoted otherwise (so it stays one line)."""
+    return key if key.replace(".", "_").isidentifier() else repr(key)
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing file or a non-mapping document is a ConfigError."""
     path = Path(path)
@@ -142,7 +147,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     if unknown:
         prefix = f"{where}." if where else ""
         raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]!r} for {cls.__name__}; valid keys: {', '.join(sorted(fields))}"
+            f"unknown config key {_shown(prefix + str(unknown[0]))} for {cls.__name__}; valid keys: "
+            f"{', '.join(sorted(fields))}"
         )
     kwargs = {}
     for name, value in data.items():

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -48,8 +47,8 @@ PATCHES: dict[str, list[tuple[str, str]]] = {
         "eval_it_pool = np.arange(0, args.Iteration+1, 500).tolist() if args.eval_mode == 'S' or args.eval_mode == "
         "'SS' else [args.Iteration]", "eval_it_pool = []"), (
         "            loss_avg /= (num_classes*args.outer_loop)\n",
-        "            loss_avg /= (num_classes*args.outer_loop)\n            print('PERF_ITER', it, time.perf_counter(), "
-        "loss_avg, flush=True)\n")],
+        "            loss_avg /= (num_classes*args.outer_loop)\n"
+        "            print('PERF_ITER', it, time.perf_counter(), loss_avg, flush=True)\n")],
 }
 
 #: comparison -> (reference script and arguments, gendistill method, overrides)
@@ -68,7 +67,8 @@ import numpy as np, torch
 sys.path.insert(0, sys.argv[1])
 from utils import get_dataset, get_network, evaluate_synset, ParamDiffAug
 data = torch.load(sys.argv[2])
-channel, im_size, num_classes, class_names, mean, std, dst_train, dst_test, testloader = get_dataset("MNIST", sys.argv[3])
+(channel, im_size, num_classes, class_names, mean, std, dst_train, dst_test,
+ testloader) = get_dataset("MNIST", sys.argv[3])
 class A: pass
 args = A()
 args.device = "cpu"; args.lr_net = 0.01; args.epoch_eval_train = int(sys.argv[4]); args.batch_train = 256
@@ -181,7 +181,8 @@ def machine() -> dict:
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else \
         platform.processor()
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    return {"cpu": cpu, "avx512_bf16": "avx512_bf16" in flags, "cores": os.cpu_count(), "python": platform.python_version()}
+    return {"cpu": cpu, "avx512_bf16": "avx512_bf16" in flags, "cores": os.cpu_count(),
+            "python": platform.python_version()}
 
 
 def main(argv: list[str] | None = None) -> int:
