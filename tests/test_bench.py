@@ -180,6 +180,20 @@ def test_quickstart_starts_from_the_shipped_generator_else_pretrains_one(tmp_pat
     assert meta["config"]["pretrained"] == "gendistill/tiny-mnist"
 
 
+def test_entries_narrow_datasets_and_sampling_seeds():
+    spec = parse_spec({"methods": ["random", {"name": "dit", "sample_seeds": [0]},
+                                   {"name": "minimax", "label": "mm", "datasets": ["fashion_mnist"]}],
+                       "datasets": ["mnist", "fashion_mnist"], "ipc": [1], "sample_seeds": [0, 1, 2]})
+    ids = {c.id for c in spec.distill_cells()}
+    assert {i for i in ids if i.startswith("dit")} == {"dit_mnist_ipc1_s0_ss0", "dit_fashion_mnist_ipc1_s0_ss0"}
+    assert {i for i in ids if i.startswith("mm")} == {f"mm_fashion_mnist_ipc1_s0_ss{k}" for k in range(3)}
+    assert parse_spec(spec.to_dict()).distill_cells() == spec.distill_cells()
+    with pytest.raises(ConfigError, match="do not include"):
+        parse_spec({"methods": [{"name": "dm", "datasets": ["cifar10"]}], "datasets": ["mnist"], "ipc": [1]})
+    with pytest.raises(ConfigError, match="list of integers"):
+        parse_spec({"methods": [{"name": "dm", "sample_seeds": 3}], "datasets": ["mnist"], "ipc": [1]})
+
+
 def test_cell_ids_are_unique_and_short():
     with pytest.raises(ConfigError, match="twice"):
         parse_spec({"methods": ["dm", {"name": "dm"}], "datasets": ["mnist"], "ipc": [1]})

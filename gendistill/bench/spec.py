@@ -7,6 +7,7 @@ datasets: [mnist]
 ipc: [1, 10]
 distill_seeds: 1          # seeds 0..n-1 (or a list of seeds)
 sample_seeds: [0, 1, 2]   # generative methods: one set per sampling seed from the same trained model
+# an entry may narrow both: {name: minimax, preset: cpu, datasets: [mnist], sample_seeds: [0]}
 protocols: [dc]           # default: each method's own protocol
 eval_models: [convnet]    # cross-architecture: convnet, resnet_ap10, resnet18, vgg11, alexnet, timm:<name>
 runs: 3
@@ -45,6 +46,8 @@ class MethodEntry:
     preset: str | None = None
     set: tuple[str, ...] = ()
     name_label: str | None = None
+    datasets: tuple[str, ...] | None = None  # only these of the spec's datasets (None: all)
+    sample_seeds: tuple[int, ...] | None = None  # this entry's sampling seeds (None: the spec's)
 
     @property
     def label(self) -> str:
@@ -116,15 +119,16 @@ class BenchSpec:
     def distill_cells(self) -> list[DistillCell]:
         """One cell per (method entry, dataset, IPC, distillation seed[, sampling seed])."""
         return [DistillCell(m, d, k, s, ss) for d in self.datasets for k in self.ipc for m in self.methods
-                for s in self.distill_seeds for ss in self._sample_axis(m)]
+                if m.datasets is None or d in m.datasets for s in self.distill_seeds for ss in self._sample_axis(m)]
 
     def _sample_axis(self, method: MethodEntry) -> list[int | None]:
-        if not self.sample_seeds:
+        seeds = self.sample_seeds if method.sample_seeds is None else method.sample_seeds
+        if not seeds:
             return [None]
         from gendistill.registry import get_method
 
         fields = {f.name for f in dataclasses.fields(get_method(method.name).config_cls)}
-        return list(self.sample_seeds) if "sample_seed" in fields else [None]
+        return list(seeds) if "sample_seed" in fields else [None]
 
     def epochs_for(self, ipc: int) -> int | None:
         """The evaluation epochs of cells at ``ipc`` (None: the protocol's own)."""
@@ -158,7 +162,10 @@ class BenchSpec:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["methods"] = [{"name": m.name, "preset": m.preset, "set": list(m.set),
-                           **({"label": m.name_label} if m.name_label else {})} for m in self.methods]
+                           **({"label": m.name_label} if m.name_label else {}),
+                           **({"datasets": list(m.datasets)} if m.datasets is not None else {}),
+                           **({"sample_seeds": list(m.sample_seeds)} if m.sample_seeds is not None else {})}
+                          for m in self.methods]
         return out
 
 
@@ -208,15 +215,24 @@ def _method_entry(item: Any) -> MethodEntry:
         return MethodEntry(item)
     if not isinstance(item, dict) or "name" not in item:
         raise ConfigError(f"a method entry must be a name or {{name, preset, set}}, got {item!r}")
-    unknown = sorted(set(item) - {"name", "preset", "set", "label"})
+    unknown = sorted(set(item) - {"name", "preset", "set", "label", "datasets", "sample_seeds"})
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r} in method entry {item['name']!r}; use name, preset, set, "
-                          "label")
+                          "label, datasets, sample_seeds")
     overrides = item.get("set") or []
     if isinstance(overrides, dict):
         overrides = [f"{k}={v}" for k, v in overrides.items()]
     label = str(item["label"]) if item.get("label") else None
-    return MethodEntry(str(item["name"]), item.get("preset"), tuple(str(o) for o in overrides), label)
+    lists = {}
+    for key, kind in (("datasets", str), ("sample_seeds", int)):
+        value = item.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{key} of method entry {item['name']!r} must be a list of "
+                              f"{'names' if kind is str else 'integers'}, got {value!r}")
+        lists[key] = tuple(value)
+    return MethodEntry(str(item["name"]), item.get("preset"), tuple(str(o) for o in overrides), label, **lists)
 
 
 def _check_network(name: str) -> None:
@@ -268,6 +284,11 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> BenchSpec:
     for d in values["datasets"]:
         if d not in list_datasets():
             raise ConfigError(f"unknown dataset {d!r} in {source}; available: {', '.join(list_datasets())}")
+    for m in values["methods"]:
+        stray = sorted(set(m.datasets or ()) - set(values["datasets"]))
+        if stray:
+            raise ConfigError(f"method entry {m.label!r} in {source} names dataset {stray[0]!r}, which the spec's "
+                              f"datasets ({', '.join(values['datasets'])}) do not include")
     for p in values.get("protocols") or []:
         if p not in PROTOCOLS and p not in CUSTOM_EVALUATORS and p not in PROTOCOL_ALIASES:
             raise ConfigError(f"unknown protocol {p!r} in {source}; use one of "
