@@ -78,3 +78,25 @@ def test_every_shipped_model_verifies_loads_and_samples_one_image_per_class(name
 def test_shipped_models_fit_the_size_budget():
     total = sum(f.stat().st_size for folder in shipped_models().values() for f in folder.rglob("*.safetensors"))
     assert total <= 25 * 2**20
+
+
+def test_the_generative_cpu_presets_share_the_shipped_recipe():
+    """`gendistill pretrain --preset cpu` (minimax's preset) reproduces the shipped model whichever method's preset a
+    run falls back to with pretrained=none."""
+    import dataclasses
+
+    from gendistill.presets import resolve_config
+
+    def recipe(method: str, dataset: str) -> dict:
+        config = resolve_config(method, dataset, 10, preset="cpu")
+        assert config.pretrained == "auto"
+        return {k: v for k, v in dataclasses.asdict(config).items()
+                if k.startswith("pretrain_") or k in ("arch", "space", "prediction")}
+
+    for dataset in ("mnist", "fashion_mnist", "digits"):
+        reference = recipe("minimax", dataset)
+        for method in ("dit", "mgd3", "igd"):
+            if dataset == "digits" and method in ("mgd3", "igd"):
+                continue
+            assert recipe(method, dataset) == reference, (method, dataset)
+    assert recipe("minimax", "digits")["arch"].endswith("/2")

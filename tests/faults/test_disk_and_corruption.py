@@ -12,6 +12,7 @@ import pytest
 import torch
 from test_cli import run_err, run_ok
 
+from faults.report import tally
 from gendistill.utils import faults
 
 pytestmark = pytest.mark.faults
@@ -46,6 +47,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_the_rerun_comple
     inject("")
     run_ok([*DM[:1], "--resume", "--out", str(out)], capsys)
     assert (out / "synset" / "synset.json").is_file()
+    tally("full disk", "checkpoint write (dm)", injected=1, survived=1, clean_errors=1)
 
 
 def test_a_full_disk_when_saving_the_set_or_a_result_is_one_line_and_recoverable(tmp_path, data_env, capsys,
@@ -60,6 +62,7 @@ def test_a_full_disk_when_saving_the_set_or_a_result_is_one_line_and_recoverable
     line = run_err(["eval", "--synset", str(out), "--runs", "1", "--epochs", "1", "--model", "convnet_w8",
                     "--json", str(tmp_path / "result.json")], capsys)
     assert "No space left on device" in line and not (tmp_path / "result.json").exists()
+    tally("full disk", "synset and result writes", injected=2, survived=2, clean_errors=2)
 
 
 def test_a_full_disk_during_an_expert_buffer_keeps_the_finished_epochs(tmp_path, data_env, capsys, inject):
@@ -72,6 +75,7 @@ def test_a_full_disk_during_an_expert_buffer_keeps_the_finished_epochs(tmp_path,
     run_ok(args, capsys)  # resumes from the epochs that were written
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["experts"]) == 1
+    tally("full disk", "expert buffer write", injected=1, survived=1, clean_errors=1)
 
 
 # ---------------------------------------------------------------------------------------- corruption
@@ -97,6 +101,7 @@ def test_a_damaged_set_is_refused_naming_the_file(finished, capsys, damage):
         _flip_a_byte(tensors)
     line = run_err(["eval", "--synset", str(finished), "--runs", "1", "--epochs", "1"], capsys)
     assert "synset" in line and ("checksum" in line or "truncated" in line or "corrupt" in line)
+    tally("corrupt artefact", f"synset ({damage})", injected=1, survived=1, clean_errors=1)
 
 
 def test_a_truncated_checkpoint_is_refused_naming_the_file(tmp_path, data_env, capsys):
@@ -108,6 +113,7 @@ def test_a_truncated_checkpoint_is_refused_naming_the_file(tmp_path, data_env, c
     ckpt.write_bytes(ckpt.read_bytes()[:20])
     line = run_err(["distill", "--resume", "--out", str(out)], capsys)
     assert "checkpoint.pt" in line
+    tally("corrupt artefact", "checkpoint (truncated)", injected=1, survived=1, clean_errors=1)
 
 
 def test_a_corrupt_expert_buffer_is_refused_naming_the_file(tmp_path, data_env, capsys):
@@ -119,6 +125,7 @@ def test_a_corrupt_expert_buffer_is_refused_naming_the_file(tmp_path, data_env, 
     line = run_err(["distill", "--method", "mtt", "--dataset", "mnist", "--ipc", "1", "--preset", "smoke",
                     "--set", f"buffer={out}", "--set", "model=convnet_w8", "--out", str(tmp_path / "mtt")], capsys)
     assert expert.name in line
+    tally("corrupt artefact", "expert buffer (bit flip)", injected=1, survived=1, clean_errors=1)
 
 
 def test_corrupt_model_weights_are_refused_by_their_checksum(tmp_path):
@@ -133,6 +140,7 @@ def test_corrupt_model_weights_are_refused_by_their_checksum(tmp_path):
     _flip_a_byte(folder / "diffusion_pytorch_model.safetensors")
     with pytest.raises(CheckpointError, match="diffusion_pytorch_model.safetensors does not match its checksum"):
         verify_checksums(tmp_path / "model")
+    tally("corrupt artefact", "model weights (bit flip)", injected=1, survived=1, clean_errors=1)
 
 
 def test_a_result_recorded_under_another_protocol_is_redone_not_reported(tmp_path, data_env):
@@ -157,6 +165,8 @@ def test_a_result_recorded_under_another_protocol_is_redone_not_reported(tmp_pat
 
     assert main(["--quiet", "leaderboard", str(out)]) == 0
     assert json.loads((out / "cells.json").read_text())[0]["status"] == "done"
+    tally("corrupt artefact", "result JSON under another protocol", injected=1, survived=1)
+    tally("corrupt artefact", "cells.json (not JSON)", injected=1, survived=1)
 
 
 # ---------------------------------------------------------------------------------------- no code from data

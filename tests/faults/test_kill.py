@@ -17,6 +17,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from faults.report import tally
+
 pytestmark = pytest.mark.faults
 
 
@@ -61,6 +63,7 @@ def _kill_then_resume(tmp_path: Path, env: dict, scenario: str, args: list[str],
         again = gendistill([*resume, "--out", str(out)], env)
         assert again.returncode == 0, (n, again.stderr[-1000:])
         assert same_tensors(result_of(out), reference), f"{scenario}: killed at {point} #{n}, resumed elsewhere"
+        tally("kill -9", f"{scenario} (at {point})", injected=1, survived=1, identical=1)
 
 
 def test_kill_during_a_pixel_method_resumes_bitwise(tmp_path, env, fault_points):

@@ -13,6 +13,7 @@ import textwrap
 import pytest
 import yaml
 
+from faults.report import tally
 from gendistill.cli import main
 from gendistill.utils.locks import FolderLockedError, folder_lock, lock_paths
 
@@ -25,6 +26,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path, data_env, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "is being written by pid" in err[0] and str(os.getpid()) in err[0] and "since" in err[0]
+    tally("ownership", "second writer on a locked run folder", injected=1, survived=1, clean_errors=1)
     with folder_lock(out):  # released: the same process (or another) may take it again
         pass
 
@@ -48,6 +50,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
         assert lock_paths(folder)[1].is_file()  # its holder record is still there...
         with folder_lock(folder, wait=5):  # ...but the OS released the lock: taken over
             assert json.loads(lock_paths(folder)[1].read_text())["pid"] == os.getpid()
+        tally("ownership", "lock of a killed process taken over", injected=1, survived=1)
     finally:
         proc.kill()
 
@@ -73,3 +76,5 @@ def test_two_bench_processes_share_the_matrix_and_never_compute_a_cell_twice(tmp
     assert len({e["pid"] for e in events}) == 2  # both processes did work
     cells = json.loads((out / "cells.json").read_text())
     assert all(c["status"] == "done" for c in cells)
+    tally("ownership", "two bench processes on one folder (cells computed once)", injected=1, survived=1,
+          identical=1)

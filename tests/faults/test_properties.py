@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from faults.report import tally
 from gendistill.bench.spec import parse_spec
 from gendistill.registry import get_method
 from gendistill.utils.config import from_dict, load_config, parse_overrides, read_yaml
@@ -36,7 +37,9 @@ def test_config_mappings_build_or_fail_in_one_line(data):
         config = from_dict(DM, data)
     except GendistillError as exc:
         assert one_line(exc)
+        tally("bad input", "config mappings", inputs=1, clean_errors=1)
         return
+    tally("bad input", "config mappings", inputs=1)
     for key in data:  # accepted: every given key is a field and holds a value of its type
         assert key in FIELDS
         assert type(getattr(config, key)) in (int, float, bool, str, tuple, list, dict, type(None))
@@ -50,7 +53,9 @@ def test_set_overrides_parse_or_fail_in_one_line(items):
         load_config(DM, overrides=items)
     except GendistillError as exc:
         assert one_line(exc)
+        tally("bad input", "--set values", inputs=1, clean_errors=1)
         return
+    tally("bad input", "--set values", inputs=1)
     assert isinstance(overrides, dict)
 
 
@@ -64,6 +69,9 @@ def test_yaml_files_read_or_fail_in_one_line(tmp_path_factory, text):
         load_config(DM, data)
     except GendistillError as exc:
         assert one_line(exc)
+        tally("bad input", "YAML files", inputs=1, clean_errors=1)
+        return
+    tally("bad input", "YAML files", inputs=1)
 
 
 spec_values = st.one_of(values, st.lists(st.sampled_from(["random", "dm", "mnist", 1, 10, "dsa", "convnet"]),
@@ -79,5 +87,7 @@ def test_bench_specs_parse_or_fail_in_one_line(data):
         spec = parse_spec(data, "spec")
     except GendistillError as exc:
         assert one_line(exc)
+        tally("bad input", "bench specs", inputs=1, clean_errors=1)
         return
+    tally("bad input", "bench specs", inputs=1)
     assert spec.methods and spec.datasets and spec.ipc
