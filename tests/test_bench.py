@@ -117,7 +117,7 @@ def test_robust_scores_from_cells():
     def cell(method, protocol, mean, dsa=True):
         proto = {"name": protocol, "dsa_strategy": "crop" if dsa else "", "dc_aug": ""}
         return {"method": method, "dataset": "cifar10", "ipc": 10, "protocol": protocol, "eval_model": "convnet",
-                "status": "done", "result": {"mean": mean, "protocol": proto}}
+                "status": "done", "result": {"mean": mean, "std": 0.5, "protocol": proto}}
 
     cells = [cell("dm", "dsa", 50.0), cell("random", "dsa", 30.0), cell("dm", "dc", 45.0, dsa=False),
              cell("random", "dc", 25.0, dsa=False)]
@@ -130,6 +130,31 @@ def test_robust_scores_from_cells():
     assert dsa_row["lrs"] == pytest.approx((math.exp(alpha) - math.exp(-1)) / (math.e - math.exp(-1)))
     beta = 0.5 * (0.50 - 0.30) + 0.5 * (0.45 - 0.25)
     assert dsa_row["ars"] == pytest.approx((math.exp(beta) - math.exp(-1)) / (math.e - math.exp(-1)))
+
+
+def test_label_regimes_pair_each_set_with_random_real_under_the_same_protocol(tmp_path):
+    import math
+
+    from gendistill.bench.leaderboard import write_leaderboard
+    from gendistill.bench.runner import label_regime_rows
+
+    def cell(method, protocol, mean, teacher=""):
+        proto = {"name": protocol, **({"teacher": teacher, "label_loss": "kl"} if teacher else {})}
+        return {"method": method, "dataset": "mnist", "ipc": 10, "protocol": protocol, "eval_model": "convnet",
+                "status": "done", "result": {"mean": mean, "std": 0.5, "protocol": proto}}
+
+    cells = [cell("minimax", "dsa", 90.0), cell("random", "dsa", 92.0), cell("minimax", "teacher", 95.0, "convnet"),
+             cell("random", "teacher", 94.0, "convnet")]
+    rows = {(r["method"], r["regime"]): r for r in label_regime_rows(cells, lambda dataset, net: 99.0)}
+    assert rows["minimax", "hard"]["ior"] == pytest.approx(-2.0) and rows["minimax", "hard"]["lrs"] is None
+    teacher = rows["minimax", "teacher"]
+    assert teacher["ior"] == pytest.approx(1.0) and teacher["random"] == 94.0
+    alpha = 0.5 * 0.01 - 0.5 * (0.99 - 0.90)  # HLR from the same set's hard-label accuracy
+    assert teacher["lrs"] == pytest.approx((math.exp(alpha) - math.exp(-1)) / (math.e - math.exp(-1)))
+    write_leaderboard(cells, tmp_path, regimes=label_regime_rows(cells))
+    page = (tmp_path / "leaderboard.md").read_text()
+    assert "## Label regimes" in page
+    assert "| minimax | mnist | 10 | convnet | teacher | teacher | 95.00 | 94.00 | +1.00" in page
 
 
 def test_ray_dispatch_on_a_local_instance(tmp_path, mnist_root):

@@ -48,6 +48,13 @@ ROBUST_NOTE = ("Robust scores use the DD-Ranking definitions, computed from fina
                "fractions, not percent (0.050 = 5 accuracy points), shown with 3 decimals. HLR: hard-label "
                "recovery (lower is better); IOR: improvement over random (higher is better); LRS: label-robust "
                "score; ARS: augmentation-robust score (— when not computed).")
+REGIME_NOTE = ("Each set under every label regime it was evaluated in - hard (the set's labels, cross-entropy), soft "
+               "(its own soft labels) and teacher (a network trained on the real data relabels every augmented view, "
+               "as RDED and DD-Ranking evaluate) - next to random real under the identical protocol. IOR: accuracy "
+               "minus random real's, in points; LRS: DD-Ranking's label-robust score (fraction) of a soft/teacher "
+               "row, with HLR from the same set's hard-label accuracy.")
+REGIME_HEAD = ["method", "dataset", "IPC", "eval net", "regime", "protocol", "accuracy (%)", "random real (%)",
+               "IOR (points)", "LRS"]
 _CSS = """.scroll{overflow-x:auto}
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.8em 0;
 font-size:13px}th,td{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#eef;cursor:pointer;
@@ -174,7 +181,8 @@ def _recipe(f: dict) -> str:
 def _main_row(f: dict) -> list[str]:
     """The displayed main-table row of one cell (same order as :data:`MAIN_HEADERS`)."""
     status = f["status"] if f["status"] != "failed" else f"failed: {f['error'] or 'no error recorded'}"
-    acc = f"{f['mean']:.2f} ± {f['std']:.2f} (n={f['n_runs']})" if f["mean"] is not None else "—"
+    spread = "" if f["std"] is None else f" ± {f['std']:.2f}"
+    acc = f"{f['mean']:.2f}{spread} (n={f['n_runs']})" if f["mean"] is not None else "—"
     if f["unstable"]:
         lo, hi = f["run_range"]
         acc = f"unstable: runs {lo:.1f}–{hi:.1f} (n={f['n_runs']})"
@@ -299,6 +307,12 @@ def _robust_rows(robust: list[dict]) -> list[list[str]]:
             + [_num(r.get(k), ".3f") or "—" for k in ROBUST_KEYS] for r in robust]
 
 
+def _regime_rows(regimes: list[dict]) -> list[list[str]]:
+    return [[r["method"], r["dataset"], str(r["ipc"]), r["eval_model"], r["regime"], r["protocol"],
+             _num(r["accuracy"], ".2f"), _num(r["random"], ".2f"),
+             "—" if r["ior"] is None else f"{r['ior']:+.2f}", _num(r["lrs"], ".3f")] for r in regimes]
+
+
 def _xarch_value(value: float | None) -> str:
     if value is not None and math.isnan(value):
         return "unstable"
@@ -365,7 +379,7 @@ def _make_plots(facts: list[dict], plots_dir: Path) -> tuple[list[tuple[str, Pat
             for i in ipcs:  # pool the runs of all distillation seeds: mean and population std of every run
                 n = sum(r[2] for r in runs[label][i])
                 m = sum(r[0] * r[2] for r in runs[label][i]) / n
-                stds.append(math.sqrt(sum(r[2] * (r[1] ** 2 + (r[0] - m) ** 2) for r in runs[label][i]) / n))
+                stds.append(math.sqrt(sum(r[2] * ((r[1] or 0.0) ** 2 + (r[0] - m) ** 2) for r in runs[label][i]) / n))
                 means.append(m)
             ax.errorbar(ipcs, means, yerr=stds, marker="o", capsize=3, label=label)
         all_ipc = [f["ipc"] for f in ref]
@@ -464,7 +478,8 @@ def _csv_value(v: Any) -> Any:
 
 
 def write_leaderboard(cells: list[dict], out_dir: Path, *, published: Callable | None = None,
-                      robust: list[dict] | None = None, title: str = "gendistill leaderboard") -> dict[str, Path]:
+                      robust: list[dict] | None = None, regimes: list[dict] | None = None,
+                      title: str = "gendistill leaderboard") -> dict[str, Path]:
     """Write ``leaderboard.md``, ``leaderboard.csv``, ``index.html`` and ``plots/*.png`` into ``out_dir``.
 
     Args:
@@ -473,6 +488,8 @@ def write_leaderboard(cells: list[dict], out_dir: Path, *, published: Callable |
         published: ``(method, dataset, ipc, network, protocol) -> None | figure`` with ``value``, ``std``,
             ``protocol``, ``network`` and ``citation()``.
         robust: DD-Ranking scores, dicts with method, dataset, ipc, protocol, eval_model, hlr, ior, lrs, ars.
+        regimes: accuracy per label regime with random real under the same protocol
+            (:func:`gendistill.bench.runner.label_regime_rows`).
         title: page title.
 
     Returns:
@@ -501,6 +518,8 @@ def write_leaderboard(cells: list[dict], out_dir: Path, *, published: Callable |
          "distance relative to a random real subset of the same size (1 = as diverse as real); agreement = share "
          "of images that network assigns to their label.", q_head, quality, "quality", "No set-quality scores."),
         ("Robust scores", ROBUST_NOTE, r_head, _robust_rows(robust), "robust", "No robust scores."),
+        ("Label regimes", REGIME_NOTE, REGIME_HEAD, _regime_rows(regimes or []), "regimes",
+         "No finished cells."),
         ("Cross-architecture", "Mean final-epoch accuracy (%) per evaluation network, averaged over distillation "
          "seeds; 'unstable' where a network's runs spread by more than 10 points (its recipe fails some runs, so "
          "the number would measure luck, not the set).", x_head, x_rows, "xarch", "No finished cells."),

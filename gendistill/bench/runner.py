@@ -36,7 +36,7 @@ from gendistill.utils.faults import fault_point
 from gendistill.utils.locks import FolderLockedError, StageBusyError, deferring_busy_stages, folder_lock
 from gendistill.utils.resources import peak_memory_mb
 
-__all__ = ["collect_cells", "robust_scores", "run_bench", "run_distill_cell"]
+__all__ = ["collect_cells", "label_regime", "label_regime_rows", "robust_scores", "run_bench", "run_distill_cell"]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -293,6 +293,42 @@ def robust_scores(cells: list[dict[str, Any]], full_accuracy: Any = None) -> lis
     return rows
 
 
+def label_regime(protocol: dict[str, Any]) -> str:
+    """``teacher`` (a teacher relabels every view), ``soft`` (the set's own soft labels) or ``hard``."""
+    if protocol.get("teacher"):
+        return "teacher"
+    return "soft" if protocol.get("label_loss") in ("soft_ce", "kl") else "hard"
+
+
+def label_regime_rows(cells: list[dict[str, Any]], full_accuracy: Any = None) -> list[dict[str, Any]]:
+    """Each set's accuracy per label regime next to random real under the identical protocol (IOR), one row per
+    (method, dataset, IPC, network, regime, protocol); ``lrs`` (DD-Ranking's label-robust score) on the rows of a
+    non-hard regime, with HLR from the same set's hard-label accuracy (when both were run and the full-data
+    accuracy is known). Accuracies in percent, IOR in points, LRS a fraction."""
+    from gendistill.bench.robust import label_robust_score
+
+    done = [c for c in cells if c["status"] == "done" and c.get("result")]
+    groups: dict[tuple, list[float]] = {}
+    for c in done:
+        k = (c.get("label", c["method"]), c["dataset"], c["ipc"], c["eval_model"],
+             label_regime(c["result"].get("protocol") or {}), c["protocol"])
+        groups.setdefault(k, []).append(float(c["result"]["mean"]))
+    means = {k: sum(v) / len(v) for k, v in groups.items()}
+    randoms = {k[1:]: v for k, v in means.items() if k[0] == "random"}
+    rows = []
+    for (label, dataset, ipc, net, regime, protocol), acc in sorted(means.items(), key=lambda kv: str(kv[0])):
+        rnd = randoms.get((dataset, ipc, net, regime, protocol))
+        row = {"method": label, "dataset": dataset, "ipc": ipc, "eval_model": net, "regime": regime,
+               "protocol": protocol, "accuracy": acc, "random": rnd, "ior": None if rnd is None else acc - rnd,
+               "lrs": None}
+        hard = [v for k, v in means.items() if k[:4] == (label, dataset, ipc, net) and k[4] == "hard"]
+        full = full_accuracy(dataset, net) if full_accuracy else None
+        if regime != "hard" and hard and rnd is not None and full is not None:
+            row["lrs"] = label_robust_score(full / 100.0, max(hard) / 100.0, acc / 100.0, rnd / 100.0)["lrs"]
+        rows.append(row)
+    return rows
+
+
 def _dispatch_ray(spec: BenchSpec, out: Path, data_root: str | None, cluster: str, indices: list[int]) -> None:
     try:
         import ray
@@ -402,4 +438,5 @@ def write_bench_leaderboard(spec: BenchSpec, out: Path, records: list[dict[str, 
         return table.lookup(method, dataset, ipc, network, protocol)
 
     robust = robust_scores(records, table.full)
-    return write_leaderboard(records, out, published=published, robust=robust, title=f"gendistill: {spec.name}")
+    return write_leaderboard(records, out, published=published, robust=robust,
+                             regimes=label_regime_rows(records, table.full), title=f"gendistill: {spec.name}")

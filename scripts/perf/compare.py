@@ -36,6 +36,7 @@ cannot run here and exits with status 3.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -71,8 +72,8 @@ PATCHES: dict[str, dict[str, list[tuple[str, str]]]] = {
             "            loss_avg /= (num_classes)\n            print('PERF_ITER', it, time.perf_counter(), loss_avg, "
             "flush=True)\n")],
         "main.py": [(
-            "eval_it_pool = np.arange(0, args.Iteration+1, 500).tolist() if args.eval_mode == 'S' or args.eval_mode == "
-            "'SS' else [args.Iteration]", "eval_it_pool = []"), (
+            "eval_it_pool = np.arange(0, args.Iteration+1, 500).tolist() if args.eval_mode == 'S' or args.eval_mode "
+            "== 'SS' else [args.Iteration]", "eval_it_pool = []"), (
             "            loss_avg /= (num_classes*args.outer_loop)\n",
             "            loss_avg /= (num_classes*args.outer_loop)\n"
             "            print('PERF_ITER', it, time.perf_counter(), loss_avg, flush=True)\n")],
@@ -91,7 +92,8 @@ PATCHES: dict[str, dict[str, list[tuple[str, str]]]] = {
     "mtt-distillation": {
         "utils.py": [SCIPY_ROTATE],
         "distill.py": [(
-            "    eval_it_pool = np.arange(0, args.Iteration + 1, args.eval_it).tolist()\n", "    eval_it_pool = []\n"), (
+            "    eval_it_pool = np.arange(0, args.Iteration + 1, args.eval_it).tolist()\n",
+            "    eval_it_pool = []\n"), (
             "        optimizer_img.step()\n        optimizer_lr.step()\n",
             "        optimizer_img.step()\n        optimizer_lr.step()\n        "
             + PERF.format(loss="grand_loss.item()") + "\n")],
@@ -132,6 +134,8 @@ class Comparison:
         style: how iterations and paths are passed to the reference: ``dc`` (DatasetCondensation, CAFE), ``mtt``,
             ``datm``.
         cwd: the reference's working folder inside the export.
+        config: a published YAML config of the reference (path inside the export) that takes the shared settings
+            and paths instead of the command line (DATM parses only ``--cfg`` first, so it takes no other flag).
         zca: both sides whiten with ZCA (the reference's kornia ZCA; ours ``--zca kornia``).
         buffers: expert buffers to train first: ``""`` (none), ``sgd`` (MTT) or ``gsam`` (DATM/FTD).
         our_loss: our per-iteration loss from one ``metrics.jsonl`` line (comparable to the reference's print).
@@ -146,6 +150,7 @@ class Comparison:
     data: str = "mnist"
     style: str = "dc"
     cwd: str = "."
+    config: str = ""
     zca: bool = False
     buffers: str = ""
     our_loss: Callable[[dict], float] = lambda line: float(line["loss"])
@@ -157,17 +162,25 @@ def _cafe_loss(line: dict) -> float:
     return line["updates"] * (line["align"] + 0.01 * line["discrim"])
 
 
+def _per_class_loss(line: dict) -> float:
+    # ours logs the loss summed over the 10 MNIST classes (per outer loop for dc/dsa); the DatasetCondensation
+    # scripts print loss_avg / num_classes (DM) and loss_avg / (num_classes * outer_loop) (DC/DSA)
+    return float(line["loss"]) / 10
+
+
 #: comparison -> settings. dm/dc/dsa: MNIST IPC 10 as published. cafe/mtt/datm: CIFAR-10 IPC 10 as published (our
 #: presets configs/<method>/cifar10_ipc10.yaml, which cite their sources), on random CIFAR-shaped data.
 SETTINGS: dict[str, Comparison] = {
     "dm": Comparison("DatasetCondensation", (
         "main_DM.py", "--dataset", "MNIST", "--model", "ConvNet", "--ipc", "10", "--dsa_strategy",
-        "color_crop_cutout_flip_scale_rotate", "--init", "real", "--lr_img", "1", "--batch_real", "256"), "dm"),
+        "color_crop_cutout_flip_scale_rotate", "--init", "real", "--lr_img", "1", "--batch_real", "256"), "dm",
+        our_loss=_per_class_loss),
     "dc": Comparison("DatasetCondensation", (
-        "main.py", "--method", "DC", "--dataset", "MNIST", "--model", "ConvNet", "--ipc", "10"), "dc"),
+        "main.py", "--method", "DC", "--dataset", "MNIST", "--model", "ConvNet", "--ipc", "10"), "dc",
+        our_loss=_per_class_loss),
     "dsa": Comparison("DatasetCondensation", (
         "main.py", "--method", "DSA", "--dataset", "MNIST", "--model", "ConvNet", "--ipc", "10", "--init", "real",
-        "--dsa_strategy", "color_crop_cutout_flip_scale_rotate"), "dsa"),
+        "--dsa_strategy", "color_crop_cutout_flip_scale_rotate"), "dsa", our_loss=_per_class_loss),
     # CAFE's distill.py reshapes every batch to 3x32x32 (CIFAR only). README command: --dataset CIFAR10 --model
     # ConvNet --ipc 10 (method DC: no DSA, noise init). Layer weights 0.1/0.1/1/1 (+1 on the embedding) and the
     # real-accuracy probes (128 images per class) are the same constants on both sides.
@@ -196,7 +209,7 @@ SETTINGS: dict[str, Comparison] = {
     # 'samples_predicted_correctly' - it is outside the timed loop, the reference runs that search on cuda:0 unless
     # parall_eva, and on random data with a few short experts it may find no correctly classified image of a class
     # (the reference then indexes past its experts).
-    "datm": Comparison("DATM", ("DATM.py", "--cfg", "../configs/CIFAR-10/ConvIN/IPC10.yaml"), "datm", shared={
+    "datm": Comparison("DATM", ("DATM.py",), "datm", shared={
         "syn_steps": ("--syn_steps", 80), "expert_epochs": ("--expert_epochs", 2),
         "max_start_epoch": ("--max_start_epoch", 20), "current_max_start_epoch": ("--current_max_start_epoch", 10),
         "min_start_epoch": ("--min_start_epoch", 0), "expansion_end_epoch": ("--expansion_end_epoch", 1000),
@@ -204,7 +217,7 @@ SETTINGS: dict[str, Comparison] = {
         "batch_syn": ("--batch_syn", 100), "lr_y": ("--lr_y", 2.0), "momentum_y": ("--Momentum_y", 0.9),
         "threshold": ("--threshold", 1.0), "init": ("--pix_init", "real")},
         overrides=("dsa=true", "sequential_generation=true", "label_epoch=-1", "grad=unroll"), data="random_cifar10",
-        style="datm", cwd="distill", zca=True, buffers="gsam",
+        style="datm", cwd="distill", config="configs/CIFAR-10/ConvIN/IPC10.yaml", zca=True, buffers="gsam",
         note="the unrolled graph grows with syn_steps (about 0.5 GB per student step here: ~40 GB at the "
              "published 80): lower it on both sides with --set syn_steps=N where memory is short"),
     # IDC: condense.py --reproduce -d mnist -f 2 --ipc 10 (misc/reproduce.py: ConvNet-3, l1, lr_img 1e-4, n_data 500,
@@ -225,7 +238,7 @@ BLOCKED: dict[str, str] = {
            "the GPU (ours with --set device=cuda) for the timings to be comparable.",
 }
 
-SHIM_WANDB = '''"""No-op stand-in for wandb, the references' experiment logger (scripts/perf/compare.py): nothing is logged."""
+SHIM_WANDB = '''"""No-op stand-in for wandb, the references' logger (scripts/perf/compare.py): nothing is logged."""
 import sys
 import types
 
@@ -262,13 +275,42 @@ class Image(Histogram):
     pass
 '''
 
-SHIM_SITE = '''"""scripts/perf/compare.py: the CIFAR-10 files are random stand-ins, so torchvision may not check their md5."""
+SHIM_SITE = '''"""scripts/perf/compare.py: the CIFAR-10 files are random stand-ins: torchvision skips their md5."""
 import os
 
 if os.environ.get("PERF_RANDOM_CIFAR") == "1":
     import torchvision.datasets.cifar as _cifar
 
     _cifar.check_integrity = lambda fpath, md5=None: os.path.isfile(fpath)
+'''
+
+#: writes our experts (gendistill buffers) as the reference's replay_buffer_0.pt: per expert, per epoch, the list of
+#: parameter tensors of the reference's ConvNet, after checking that its parameter names and shapes are ours, in order
+CONVERT_DRIVER = '''
+import json, sys
+from pathlib import Path
+import torch
+from safetensors.torch import load_file
+sys.path.insert(0, ".")
+from networks import ConvNet
+net = ConvNet(channel=3, num_classes=10, net_width=128, net_depth=3, net_act="relu", net_norm="instancenorm",
+              net_pooling="avgpooling", im_size=(32, 32))
+params = list(net.named_parameters())
+ours, out = Path(sys.argv[1]), Path(sys.argv[2])
+manifest = json.loads((ours / "manifest.json").read_text())
+theirs = [[n, list(p.shape)] for n, p in params]
+mine = [list(x) for x in zip(manifest["network"]["param_names"], manifest["network"]["param_shapes"])]
+if theirs != mine:
+    sys.exit(f"parameter layouts differ: reference {theirs} vs ours {mine}")
+sizes = [p.numel() for _, p in params]
+experts = []
+for e in manifest["experts"]:
+    trajectory = load_file(str(ours / e["file"]))["trajectory"]  # [epochs + 1, num_params]
+    experts.append([[t.reshape(p.shape).clone() for t, (_, p) in zip(row.split(sizes), params)]
+                    for row in trajectory])
+out.mkdir(parents=True, exist_ok=True)
+torch.save(experts, out / "replay_buffer_0.pt")
+print("CONVERTED", len(experts), len(experts[0]))
 '''
 
 EVAL_DRIVER = '''
@@ -422,10 +464,35 @@ def shared_settings(comp: Comparison, sets: list[str], buffer_epochs: int | None
 
 
 def make_buffers(comp: Comparison, ref_dir: Path, work: Path, data_dir: Path, threads: int, experts: int,
-                 epochs: int, env: dict[str, str]) -> dict:
-    """Expert buffers, each side with its own script and recipe (SGD 0.01 / GSAM rho 0.01 alpha 0.3, momentum 0,
-    batch 256, DSA, ZCA); returns the folders and the wall time of each side."""
-    out: dict[str, Any] = {"experts": experts, "epochs": epochs, "optimizer": comp.buffers}
+                 epochs: int, env: dict[str, str], reference_experts: str) -> dict:
+    """Expert buffers (SGD 0.01 / GSAM rho 0.01 alpha 0.3, momentum 0, batch 256, DSA, ZCA), trained by ``gendistill
+    buffers``. ``reference_experts``: ``ours`` gives the reference the same experts, converted to its
+    ``replay_buffer_0.pt`` layout (``CONVERT_DRIVER``); ``own`` trains them with the reference's buffer script.
+
+    Why ``ours`` is the default: both reference scripts record each snapshot as ``[p.detach().cpu() for p in
+    net.parameters()]``, which on a CPU is the live parameter itself (no copy), so every snapshot of an expert is its
+    final weights, the start-to-target distance is 0 and the reference's matching loss is inf on every iteration.
+    That is the reference's CUDA assumption, and a copy there is not an allowed edit. With ``ours`` both sides match
+    the very same trajectories. ``own`` is for a CUDA machine (where ``.cpu()`` copies).
+    """
+    out: dict[str, Any] = {"experts": experts, "epochs": epochs, "optimizer": comp.buffers,
+                           "reference_experts": reference_experts}
+    ours = ["--quiet", "--threads", str(threads), "buffers", "--dataset", "cifar10", "--data-root", str(data_dir),
+            "--out", str(work / "our_buffers"), "--experts", str(experts), "--epochs", str(epochs), "--lr", "0.01",
+            "--batch", "256", "--seed", "0", *(["--zca", "kornia"] if comp.zca else [])]
+    if comp.buffers == "gsam":
+        ours += ["--optimizer", "gsam", "--rho", "0.01", "--alpha", "0.3"]
+    start = time.perf_counter()
+    run([sys.executable, "-m", "gendistill.cli", *ours], REPO, threads)
+    out["ours_s"] = time.perf_counter() - start
+    out["ours_command"] = " ".join(["gendistill", *ours])
+    # the reference's expert folder: <buffer_path>/CIFAR10[_NO_ZCA]/ConvNet
+    expert_dir = work / "ref_buffers" / ("CIFAR10" if comp.zca else "CIFAR10_NO_ZCA") / "ConvNet"
+    if reference_experts == "ours":
+        (work / "convert.py").write_text(CONVERT_DRIVER)
+        run([sys.executable, str(work / "convert.py"), str(work / "our_buffers"), str(expert_dir)], ref_dir, threads,
+            env)
+        return out
     recipe = ["--dataset", "CIFAR10", "--model", "ConvNet", "--train_epochs", str(epochs), "--num_experts",
               str(experts), "--save_interval", str(experts), "--buffer_path", str(work / "ref_buffers"),
               "--data_path", str(data_dir), "--lr_teacher", "0.01", "--batch_train", "256", "--mom", "0"]
@@ -439,35 +506,33 @@ def make_buffers(comp: Comparison, ref_dir: Path, work: Path, data_dir: Path, th
     run([sys.executable, script, *recipe], cwd, threads, env)
     out["reference_s"] = time.perf_counter() - start
     out["reference_command"] = " ".join(["python", script, *recipe])
-    ours = ["--quiet", "--threads", str(threads), "buffers", "--dataset", "cifar10", "--data-root", str(data_dir),
-            "--out", str(work / "our_buffers"), "--experts", str(experts), "--epochs", str(epochs), "--lr", "0.01",
-            "--batch", "256", "--seed", "0", *(["--zca", "kornia"] if comp.zca else [])]
-    if comp.buffers == "gsam":
-        ours += ["--optimizer", "gsam", "--rho", "0.01", "--alpha", "0.3"]
-    start = time.perf_counter()
-    run([sys.executable, "-m", "gendistill.cli", *ours], REPO, threads)
-    out["ours_s"] = time.perf_counter() - start
-    out["ours_command"] = " ".join(["gendistill", *ours])
     return out
 
 
-def reference_command(comp: Comparison, values: dict[str, Any], iterations: int, data_dir: Path,
-                      work: Path) -> list[str]:
-    cmd = [sys.executable, *comp.script]
-    for key, (flag, _) in comp.shared.items():
-        cmd += [flag, str(values[key])]
-    cmd += ["--Iteration", str(iterations), "--data_path", str(data_dir)]
+def reference_command(comp: Comparison, values: dict[str, Any], iterations: int, data_dir: Path, work: Path,
+                      ref_dir: Path) -> tuple[list[str], str]:
+    """The reference's command line and, for a ``config`` comparison, the YAML it reads (else ``""``)."""
+    settings: dict[str, Any] = {flag.lstrip("-"): values[key] for key, (flag, _) in comp.shared.items()}
+    settings.update(Iteration=iterations, data_path=str(data_dir))
     if comp.style == "dc":
-        cmd += ["--num_exp", "1", "--save_path", str(work / "save")]
+        settings.update(num_exp=1, save_path=str(work / "save"))
     elif comp.style == "mtt":
-        cmd += ["--buffer_path", str(work / "ref_buffers")]
-    elif comp.style == "datm":  # an empty evaluation pool through DATM's own flags
-        cmd += ["--buffer_path", str(work / "ref_buffers"), "--skip_first_eva", "True", "--eval_it", str(10 ** 9)]
-    return cmd
+        settings.update(buffer_path=str(work / "ref_buffers"))
+    elif comp.style == "datm":  # an empty evaluation pool through DATM's own settings
+        settings.update(buffer_path=str(work / "ref_buffers"), skip_first_eva=True, eval_it=10 ** 9)
+    if not comp.config:
+        return [sys.executable, *comp.script, *[a for k, v in settings.items() for a in (f"--{k}", str(v))]], ""
+    import yaml
+
+    # the published file with the shared settings and paths on top (a key the reference does not know stops it)
+    text = yaml.safe_dump({**yaml.safe_load((ref_dir / comp.config).read_text()), **settings}, sort_keys=False)
+    (work / "reference_config.yaml").write_text(text)
+    return [sys.executable, *comp.script, "--cfg", str(work / "reference_config.yaml")], text
 
 
 def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterations: int, threads: int,
-                   warmup: int, sets: list[str], experts: int, expert_epochs: int, per_class: int) -> dict:
+                   warmup: int, sets: list[str], experts: int, expert_epochs: int, per_class: int,
+                   reference_experts: str = "ours") -> dict:
     comp = SETTINGS[name]
     if comp.data == "random_cifar10":
         data_dir = make_random_cifar(work / "data", per_class)
@@ -478,9 +543,9 @@ def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterat
         dataset, data = "mnist", {"dataset": "MNIST", "data_root": str(data_root)}
     env = reference_env(work, comp)
     values, changed = shared_settings(comp, sets, expert_epochs if comp.buffers else None)
-    buffers = make_buffers(comp, ref_dir, work, data_dir, threads, experts, expert_epochs, env) if comp.buffers \
-        else None
-    cmd = reference_command(comp, values, iterations, data_dir, work)
+    buffers = make_buffers(comp, ref_dir, work, data_dir, threads, experts, expert_epochs, env, reference_experts) \
+        if comp.buffers else None
+    cmd, config = reference_command(comp, values, iterations, data_dir, work, ref_dir)
     out = run(cmd, ref_dir / comp.cwd, threads, env)
     rows = [line.split() for line in out.splitlines() if line.startswith("PERF_ITER")]
     if not rows:
@@ -503,6 +568,8 @@ def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterat
     result = {"reference": reference, "ours": ours, "data": data, "shared": values, "shared_changed": changed,
               "reference_command": " ".join(["python", *cmd[1:]]), "ours_command": " ".join(["gendistill", *ours_cmd]),
               "ours_overrides": list(comp.overrides)}
+    if config:
+        result["reference_config"] = config
     if buffers:
         result["buffers"] = buffers
     if comp.note:
@@ -558,18 +625,26 @@ def main(argv: list[str] | None = None) -> int:
                     help="change a shared setting on both sides (a reduced trial; recorded)")
     ap.add_argument("--experts", type=int, default=2, help="mtt/datm: experts per side")
     ap.add_argument("--expert-epochs", type=int, default=3, help="mtt/datm: epochs per expert")
+    ap.add_argument("--reference-experts", choices=["ours", "own"], default="ours",
+                    help="mtt/datm: the reference distills from our experts converted to its layout (default; its "
+                         "own buffer scripts alias every snapshot on a CPU, see make_buffers) or from its own")
     ap.add_argument("--random-per-class", type=int, default=5000,
                     help="cafe/mtt/datm: random training images per class (CIFAR-10: 5000)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--keep", default=None, metavar="DIR",
+                    help="work in DIR (must be new or empty) and keep the patched reference, data, buffers and runs")
     args = ap.parse_args(argv)
     if args.comparison in BLOCKED:
         print(f"BLOCKED {args.comparison}: {BLOCKED[args.comparison]}", file=sys.stderr)
         return 3
     data_root = Path(args.data_root).resolve()
     reference = SETTINGS[args.comparison].reference if args.comparison != "evaluate" else "DatasetCondensation"
-    with tempfile.TemporaryDirectory(prefix="gendistill-perf-") as tmp:
+    if args.keep and Path(args.keep).exists() and any(Path(args.keep).iterdir()):
+        raise SystemExit(f"--keep {args.keep}: the folder is not empty")
+    with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="gendistill-perf-") \
+            as tmp:
         ref_dir, work = Path(tmp) / "reference", Path(tmp) / "work"
-        ref_dir.mkdir()
+        ref_dir.mkdir(parents=True)
         work.mkdir()
         commit = export_reference(Path(args.ref), ref_dir, reference)
         start = time.perf_counter()
@@ -578,7 +653,8 @@ def main(argv: list[str] | None = None) -> int:
             result["ratio"] = result["reference"]["s_per_run"] / result["ours"]["s_per_run"]
         else:
             result = compare_method(args.comparison, ref_dir, work, data_root, args.iterations, args.threads,
-                                    args.warmup, args.sets, args.experts, args.expert_epochs, args.random_per_class)
+                                    args.warmup, args.sets, args.experts, args.expert_epochs, args.random_per_class,
+                                    args.reference_experts)
             r, o = result["reference"], result["ours"]
             result["ratio"] = r["s_per_iteration_median"] / o["s_per_iteration_median"]
             se = math.sqrt(r["loss_std"] ** 2 / max(r["n_loss"], 1) + o["loss_std"] ** 2 / max(o["n_loss"], 1))
