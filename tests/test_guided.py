@@ -63,6 +63,26 @@ def influence(tiny_train):
     return cfg, net, snaps, targets
 
 
+def test_igd_surrogate_is_trained_once_and_cached_on_disk(tiny_train, tmp_path, monkeypatch):
+    import gendistill.evaluation.trainer as trainer
+
+    cfg = IGDConfig(igd_model="convnet_w8", igd_epochs=2, igd_checkpoints=[0, 2], cfg_scale=1.0)
+    net, snaps = surrogate_snapshots(tiny_train, cfg, seed=3, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("igd-surrogate-*.safetensors"))) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached surrogate was trained again")
+
+    monkeypatch.setattr(trainer, "train_network", no_training)
+    net2, snaps2 = surrogate_snapshots(tiny_train, cfg, seed=3, cache_dir=tmp_path)
+    for a, b in zip(snaps, snaps2, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), net2.parameters(), strict=True))
+    assert not torch.equal(snaps[0][next(iter(snaps[0]))], snaps[1][next(iter(snaps[1]))])  # epochs 0 and 2 differ
+    with pytest.raises(AssertionError, match="trained again"):  # another seed is another surrogate
+        surrogate_snapshots(tiny_train, cfg, seed=4, cache_dir=tmp_path)
+
+
 def test_influence_term_is_the_gradient_of_its_loss_by_finite_differences(tiny_train, influence):
     torch.manual_seed(0)
     cfg, net, snaps, targets = influence

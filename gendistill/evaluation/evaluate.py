@@ -243,7 +243,8 @@ def evaluate(
     gens = [make_generator(derive_seed(s, "data")) for s in seeds]
     mode = proto.ensemble
     if mode == "auto":  # measured on 2 CPU cores: sequential is ~2x faster than the vmapped ensemble
-        mode = "sequential" if _needs_sequential(nets[0]) or device.type == "cpu" else "batched"
+        mode = ("sequential" if _needs_sequential(nets[0]) or teacher is not None or device.type == "cpu"
+                else "batched")
     if mode == "batched" and (_needs_sequential(nets[0]) or teacher is not None):
         raise GendistillError(f"{proto.model} has batch-norm statistics or a teacher; use ensemble=sequential")
     trainer = _Trainer(proto, x, y, lr, dsa, device,

@@ -209,7 +209,8 @@ PROTOCOLS: dict[str, EvalProtocol] = {
     # the full real training split relabels every augmented view (RandomResizedCrop 0.08-1 back to the image size,
     # plus CutMix on every batch); the ConvNet-3 student learns its predictions by KL at T = 20 for 500 epochs.
     # DD-Ranking's docs give no optimiser: RDED's (AdamW 1e-3, wd 0.01, cosine) is used and labelled; the teacher
-    # is this package's recipe (SGD 0.01, 30 epochs, DSA), cached per dataset.
+    # is this package's recipe (SGD 0.01 momentum 0.9 wd 5e-4, 30 epochs, batch 256, no augmentation), cached per
+    # dataset and recipe.
     "teacher": EvalProtocol(name="teacher", epochs=500, batch_size=256, lr=1e-3, weight_decay=0.01, optimizer="adamw",
                             schedule="cosine", resize_crop=-1, crop_scale=(0.08, 1.0), cutmix_prob=1.0,
                             label_loss="kl", temperature=20.0, teacher="convnet", extra_pass=False),

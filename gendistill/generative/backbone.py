@@ -441,8 +441,9 @@ def _scheduler_config(schedule: tuple[str, int, float, float], prediction: str) 
 def save_backbone(backbone: Backbone, directory: str | Path, schedule: tuple[str, int, float, float] | None = None
                   ) -> Path:
     """Write ``directory`` in the DiT pipeline layout (``transformer/``, ``vae/``, ``scheduler/``,
-    ``model_index.json``), plus ``vae_encoder/`` when it differs from the decoder, the DiffFit scales in
-    ``transformer/difffit.safetensors`` and ``gendistill.json``. Written to a temp folder, then renamed."""
+    ``model_index.json``) with the DiffFit scales folded into the component's weights (what diffusers loads), plus
+    ``vae_encoder/`` when it differs from the decoder, ``difffit/`` (the unfolded weights and the scales, for further
+    fine-tuning), a model card and ``gendistill.json``. Written to a temp folder, then renamed."""
     from safetensors.torch import save_file
 
     from gendistill.utils.atomic import replace_dir, temp_dir_beside

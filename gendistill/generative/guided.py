@@ -29,6 +29,9 @@ fine-tuned model (``finetune: true`` runs Minimax fine-tuning first; or ``pretra
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -181,12 +184,25 @@ def _flat_params(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in net.named_parameters()}
 
 
-def surrogate_snapshots(train: RealDataset, cfg: IGDConfig, seed: int, progress: bool = False
-                        ) -> tuple[torch.nn.Module, list[dict[str, torch.Tensor]]]:
-    """The surrogate network and its parameters at ``igd_checkpoints`` epochs (trained once per call)."""
+def _surrogate_cache_file(train: RealDataset, recipe: dict[str, Any], cache_dir: Path) -> Path:
+    key = json.dumps({"dataset": train.name, "shape": list(train.image_shape), "classes": train.num_classes,
+                      "n": len(train), "space": train.preprocessing.describe(), "recipe": recipe}, sort_keys=True,
+                     default=str)
+    return cache_dir / f"igd-surrogate-{train.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+
+
+def surrogate_snapshots(train: RealDataset, cfg: IGDConfig, seed: int, progress: bool = False,
+                        cache_dir: str | Path | None = None) -> tuple[torch.nn.Module, list[dict[str, torch.Tensor]]]:
+    """The surrogate network and its parameters at ``igd_checkpoints`` epochs, trained once per (dataset, recipe,
+    seed) and cached on disk beside the report's networks (``cache_dir``, default the data root's feature cache;
+    none for an in-memory dataset)."""
+    from safetensors.torch import load_file, save_file
+
+    from gendistill.evaluation.features import default_cache_dir
     from gendistill.evaluation.protocols import EvalProtocol
     from gendistill.evaluation.trainer import train_network
     from gendistill.nn.nets import create_network
+    from gendistill.utils.atomic import atomic_write
     from gendistill.utils.seeding import make_generator
 
     c, h, _ = train.image_shape
@@ -195,6 +211,15 @@ def surrogate_snapshots(train: RealDataset, cfg: IGDConfig, seed: int, progress:
     wanted = sorted(set(cfg.igd_checkpoints))
     if wanted and wanted[-1] > cfg.igd_epochs:
         raise ConfigError(f"igd_checkpoints {wanted} go beyond igd_epochs {cfg.igd_epochs}")
+    recipe = {"model": model, "checkpoints": wanted, "lr": 0.01, "batch_size": 256, "seed": seed}
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir(train)
+    path = _surrogate_cache_file(train, recipe, cache) if cache is not None else None
+    if path is not None and path.is_file():
+        saved = load_file(str(path))
+        net.load_state_dict({k[4:]: v for k, v in saved.items() if k.startswith("net/")})
+        snaps = {e: {k.split("/", 1)[1]: v.to(cfg.device) for k, v in saved.items() if k.startswith(f"{e}/")}
+                 for e in wanted}
+        return net.to(cfg.device).eval(), [snaps[e] for e in wanted]
     snaps = {0: _flat_params(net)} if 0 in wanted else {}
     gen = make_generator(derive_seed(seed, "igd-surrogate-data"))
     one_epoch = EvalProtocol(name="igd-surrogate", epochs=0, schedule="constant", lr=0.01, batch_size=256,
@@ -204,6 +229,11 @@ def surrogate_snapshots(train: RealDataset, cfg: IGDConfig, seed: int, progress:
                       progress=False, desc=f"IGD surrogate epoch {epoch}")
         if epoch in wanted:
             snaps[epoch] = _flat_params(net)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {f"net/{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        state.update({f"{e}/{k}": v.detach().cpu().contiguous() for e in wanted for k, v in snaps[e].items()})
+        atomic_write(path, lambda p: save_file(state, str(p), metadata={"recipe": json.dumps(recipe)}))
     return net.eval(), [snaps[e] for e in wanted]
 
 
