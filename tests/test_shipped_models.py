@@ -38,7 +38,9 @@ def test_ship_writes_a_verified_half_precision_copy_that_auto_and_the_hub_id_res
     meta = card_metadata(folder)
     assert meta["datasets"] == ["mnist"] and meta["gendistill"]["weights_dtype"] == "fp16"
     assert {m["type"] for m in meta["model-index"][0]["results"][0]["metrics"]} >= {"precision", "recall", "fd"}
+    assert meta["model-index"][0]["name"] == "gendistill/tiny-mnist"  # not the temporary folder it was written in
     card = (folder / "README.md").read_text()
+    assert "# gendistill/tiny-mnist:" in card and ".tmp" not in card
     assert "gendistill/tiny-mnist" in card and "loaded into float32" in card and "models ship" in card
     assert json.loads((folder / "quality.json").read_text())["record"]["images"] == 20
 

@@ -120,6 +120,7 @@ def write_model_card(folder: str | Path, info: dict[str, Any], quality: dict[str
     recall, coverage, FD, ...) with the settings it was measured under (``quality["settings"]``).
     """
     folder = Path(folder)
+    title = info.get("model_id") or folder.name  # a shipped model is written to a temporary folder first
     dataset = info.get("dataset", "unknown")
     stage = info.get("stage", "pretrain")
     minimax = stage == "finetune"
@@ -136,12 +137,12 @@ def write_model_card(folder: str | Path, info: dict[str, Any], quality: dict[str
                        if k in info},
     }
     if quality:
-        meta["model-index"] = [{"name": folder.name, "results": [{
+        meta["model-index"] = [{"name": title, "results": [{
             "task": {"type": "image-generation"}, "dataset": {"name": dataset, "type": dataset},
             "metrics": [{"type": k, "value": float(quality[k])} for k in ("precision", "recall", "density",
                                                                             "coverage", "fd") if k in quality]}]}]
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", "",
-             f"# {folder.name}: a class-conditional diffusion model of {dataset}", "",
+             f"# {title}: a class-conditional diffusion model of {dataset}", "",
              f"Made with gendistill ({'Minimax fine-tuned' if minimax else 'pretrained from scratch'} on {dataset}).",
              ""]
     recipe = info.get("recipe") or {}
