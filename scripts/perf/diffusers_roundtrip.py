@@ -25,6 +25,7 @@ from gendistill.generative.backbone import load_backbone, save_backbone
 from gendistill.generative.hub import resolve_model_source
 from gendistill.generative.pipeline import GendistillPipeline
 from gendistill.generative.sample import image_seeds, sample_images
+from gendistill.utils.atomic import atomic_json
 
 
 def _generators(seeds: torch.Tensor) -> list[torch.Generator]:
@@ -78,11 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     result = {"tiny_latent_dit_in_DiTPipeline_dpmsolver12": tiny_latent_in_dit_pipeline(),
               **{f"{m}_GendistillPipeline": pixel_model_in_gendistill_pipeline(m) for m in args.models}}
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+        atomic_json(args.json, result)
     return 0
 
 
