@@ -27,9 +27,15 @@ __all__ = ["aggregate_distillations", "distill", "distill_seeds", "evaluate_run"
 def distill(method: str, splits: DatasetSplits, ipc: int, out: str | Path | None, *, seed: int = 0,
             preset: str | None = None, config_file: str | Path | None = None, overrides: list[str] | None = None,
             resume: bool = False, progress: bool = True, checkpoint_every: int = 100, log_every: int = 10,
-            grid_every: int = 0, overwrite: bool = False) -> SyntheticSet:
+            grid_every: int = 0, overwrite: bool = False, best_of_run: dict[str, Any] | None = None
+            ) -> SyntheticSet:
     """Distill ``splits.train`` with full bookkeeping; returns the synthetic set. The one path every caller takes
     (CLI, Python API, bench).
+
+    ``best_of_run`` (``{"every": N, "runs": R, "protocol": P, "epochs": E}``; P defaults to the method's protocol,
+    E to P's epochs) evaluates the set every N iterations on ``splits.test`` and keeps the best one in
+    ``out/best_synset/``, as MTT and DATM publish (:mod:`gendistill.evaluation.selection`); it needs ``out`` and an
+    iterative method.
 
     With ``out``, the run gets a run folder (config, checkpoints, ``synset/``); without it, the set is only
     returned. A run folder that already holds a run is refused unless ``resume`` or ``overwrite``. A run that fails
@@ -40,15 +46,36 @@ def distill(method: str, splits: DatasetSplits, ipc: int, out: str | Path | None
     check_ipc(ipc)
     config = resolve_config(method, splits.name, ipc, preset=preset, config_file=config_file, overrides=overrides)
     reductions = preset_reductions(method, splits, ipc, config, preset)
+    select = _best_of_run(info, best_of_run, splits, seed, out)
     start = time.perf_counter()
     if out is not None:
         with folder_lock(out):  # a second process writing the same folder is refused, naming the holder
             return _distill_into(info, config, splits, ipc, Path(out), seed=seed, preset=preset,
                                  config_file=config_file, overrides=overrides, reductions=reductions, resume=resume,
                                  progress=progress, checkpoint_every=checkpoint_every, log_every=log_every,
-                                 grid_every=grid_every, overwrite=overwrite)
+                                 grid_every=grid_every, overwrite=overwrite, select=select)
     synset = info.cls(config).distill(splits.train, ipc, seed=seed, progress=progress)
     return _stamp(synset, start, config, preset, reductions, overrides, config_file, splits)
+
+
+def _best_of_run(info: Any, spec: dict[str, Any] | None, splits: DatasetSplits, seed: int,
+                 out: str | Path | None) -> Any:
+    """The :class:`BestOfRun` selector of a ``best_of_run`` spec (None without one)."""
+    if not spec or not spec.get("every"):
+        return None
+    from gendistill.distiller import IterativeDistiller
+    from gendistill.evaluation.selection import BestOfRun
+
+    if out is None or not issubclass(info.cls, IterativeDistiller):
+        raise ConfigError(f"best-of-run selection needs a run folder (--out) and an iterative method; {info.name} "
+                          f"{'is one-shot' if out is not None else 'has no --out'}")
+    unknown = set(spec) - {"every", "runs", "protocol", "epochs"}
+    if unknown:
+        raise ConfigError(f"unknown best_of_run key(s) {sorted(unknown)}; use every, runs, protocol, epochs")
+    runs = spec.get("runs")
+    return BestOfRun(every=int(spec["every"]), runs=5 if runs is None else int(runs), epochs=spec.get("epochs"),
+                     protocol=spec.get("protocol") or info.default_eval, test=splits.test, train=splits.train,
+                     seed=seed)
 
 
 def _stamp(synset: SyntheticSet, start: float, config: Any, preset: str | None, reductions: list[str],
@@ -64,14 +91,17 @@ def _stamp(synset: SyntheticSet, start: float, config: Any, preset: str | None, 
 def _distill_into(info: Any, config: Any, splits: DatasetSplits, ipc: int, out: Path, *, seed: int,
                   preset: str | None, config_file: str | Path | None, overrides: list[str] | None,
                   reductions: list[str], resume: bool, progress: bool, checkpoint_every: int, log_every: int,
-                  grid_every: int, overwrite: bool) -> SyntheticSet:
+                  grid_every: int, overwrite: bool, select: Any = None) -> SyntheticSet:
     """:func:`distill` into the run folder ``out`` (held by this process). ``info`` is the method's registry record."""
     run = RunDir(out, resume=resume, checkpoint_every=checkpoint_every, log_every=log_every, grid_every=grid_every,
-                 progress=progress, overwrite=overwrite)
+                 progress=progress, overwrite=overwrite, select=select)
     record = {"method": info.name, "dataset": splits.name, "ipc": ipc, "seed": seed, "preset": preset,
               "zca": (splits.train.preprocessing.zca.variant if splits.train.preprocessing.zca else "none"),
               "config_file": str(config_file) if config_file else None, "overrides": list(overrides or []),
               "data": dict(splits.source), "config": config_to_dict(config)}
+    if select is not None:
+        record["best_of_run"] = {"every": select.every, "runs": select.runs, "protocol": select.protocol,
+                                 "epochs": select.epochs}
     try:
         run.write_config(record, defaults={"config": config_to_dict(info.config_cls())})
         if resume and (out / "synset" / "synset.json").is_file():

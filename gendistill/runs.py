@@ -79,12 +79,14 @@ class RunDir:
         checkpoint_every: iterations between checkpoints (0 = only at the end).
         log_every: iterations between metric lines.
         grid_every: iterations between grid pictures (0 = never).
+        select: best-of-run selection (:class:`gendistill.evaluation.selection.BestOfRun`), or None.
     """
 
     PROVENANCE = ("data",)
 
     def __init__(self, path: str | Path, *, resume: bool = False, checkpoint_every: int = 100,
-                 log_every: int = 10, grid_every: int = 0, progress: bool = True, overwrite: bool = False) -> None:
+                 log_every: int = 10, grid_every: int = 0, progress: bool = True, overwrite: bool = False,
+                 select: Any = None) -> None:
         self.path = Path(path)
         self.created = not self.path.exists()
         if not self.created and not resume:
@@ -103,6 +105,9 @@ class RunDir:
         self.grid_every = grid_every
         self.progress = progress
         self.path.mkdir(parents=True, exist_ok=True)
+        self.select = select
+        if select is not None:
+            select.attach(self.path)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -186,6 +191,8 @@ def _after_step(distiller: Any, state: Any, train: Any, generator: torch.Generat
         from gendistill.synset.format import save_grid
 
         save_grid(syn.to_pixels(), syn.hard_labels(), syn.num_classes, run.path / "grids" / f"step_{it + 1}.png")
+    if run is not None and run.select is not None and run.select.due(it + 1, last):
+        run.select.consider(it + 1, distiller.preview(state, train, ipc, seed))  # before the checkpoint
     if run is not None and run.checkpoint_every and ((it + 1) % run.checkpoint_every == 0) and not last:
         run.save_checkpoint(_checkpoint(distiller, state, generator, ipc, seed, it + 1, elapsed))
     return last
@@ -234,6 +241,8 @@ def run_iterative(distiller: Any, train: Any, ipc: int, *, seed: int, run: RunDi
     synset = distiller.finalize(state, train, ipc, seed)
     synset.meta["distill_time_s"] = elapsed + time.perf_counter() - t0
     synset.meta["iterations"] = n
+    if run is not None and run.select is not None:
+        synset.meta["best_of_run"] = run.select.fields()
     return synset
 
 

@@ -53,6 +53,20 @@ def test_spec_expands_the_matrix_and_defaults_to_each_methods_protocol():
         assert len(load_spec(name).distill_cells()) >= 27
 
 
+def test_every_packaged_spec_loads_and_the_label_regime_spec_pairs_both_regimes():
+    from gendistill.presets import config_root
+
+    names = sorted(p.stem for p in (config_root() / "bench").glob("*.yaml"))
+    assert "generative-iv" in names
+    for name in names:
+        assert load_spec(name).distill_cells(), name
+    spec = load_spec("generative-iv")
+    for cell in spec.distill_cells():  # every set, generated or not, under hard labels and under the teacher
+        assert {e.protocol for e in spec.eval_cells(cell)} == {"dsa", "teacher"}
+    assert {c.method.label for c in spec.distill_cells()} >= {"random", "dm", "dit", "minimax", "mgd3", "igd",
+                                                                "igd_minimax"}
+
+
 def test_small_matrix_end_to_end_with_a_failed_cell(tmp_path, mnist_root, capsys):
     spec_path = tmp_path / "spec.yaml"
     spec = small_spec(ipc=[1, 3])  # dc has no reference loops for ipc 3: that cell fails in one line

@@ -45,6 +45,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--grid-every", type=int, default=0)
+    p.add_argument("--best-of-run", type=int, default=0, metavar="EVERY",
+                   help="evaluate the set every EVERY iterations on the test split and keep the best in "
+                        "OUT/best_synset/ (MTT/DATM's published statistic; optimistic, never the headline)")
+    p.add_argument("--best-of-run-runs", type=int, default=5, metavar="R", help="networks per such evaluation")
+    p.add_argument("--best-of-run-protocol", default=None, metavar="P",
+                   help="protocol of those evaluations (default: the method's)")
+    p.add_argument("--best-of-run-epochs", type=int, default=None, metavar="E",
+                   help="epochs per network of those evaluations (default: the protocol's; fewer is labelled reduced)")
     p.add_argument("--eval", dest="eval_protocol", nargs="?", const="default", default=None,
                    help="evaluate afterwards; without a value the method's own protocol (e.g. dsa for dm)")
     p.add_argument("--distill-seeds", type=int, default=1, metavar="N",
@@ -134,6 +142,11 @@ def _fill_from_record(args) -> None:
         default = {"seed": 0, "set": []}.get(attr)
         if value is not None and getattr(args, attr, None) in (None, default):
             setattr(args, attr, value)
+    selection = record.get("best_of_run") or {}
+    if selection and not args.best_of_run:
+        args.best_of_run, args.best_of_run_runs = selection["every"], selection["runs"]
+        args.best_of_run_protocol = args.best_of_run_protocol or selection["protocol"]
+        args.best_of_run_epochs = args.best_of_run_epochs or selection.get("epochs")
 
 
 def _cmd_distill(args) -> int:
@@ -152,7 +165,9 @@ def _cmd_distill(args) -> int:
     protocol = None if args.eval_protocol in (None, "default") else args.eval_protocol
     distill_kwargs = dict(preset=args.preset, config_file=args.config, overrides=args.set, resume=args.resume,
                           progress=not args.quiet, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                          grid_every=args.grid_every, overwrite=args.overwrite)
+                          grid_every=args.grid_every, overwrite=args.overwrite,
+                          best_of_run={"every": args.best_of_run, "runs": args.best_of_run_runs,
+                                       "protocol": args.best_of_run_protocol, "epochs": args.best_of_run_epochs})
     eval_kwargs = dict(protocol=protocol, runs=args.eval_runs, epochs=args.eval_epochs, progress=not args.quiet)
     if args.distill_seeds > 1:
         summary = distill_seeds(args.method, splits, args.ipc, args.out,

@@ -31,6 +31,7 @@ from gendistill.evaluation.protocols import (
     get_protocol,
     resolve_protocol,
 )
+from gendistill.evaluation.selection import best_of_run_fields
 from gendistill.evaluation.trainer import _accuracy_batched, _needs_sequential, _soft_targets, _Trainer, split_accuracy
 from gendistill.nn.augment import DSA, IDCAugment
 from gendistill.nn.nets import create_network
@@ -47,9 +48,11 @@ __all__ = ["EvalResult", "evaluate"]
 class EvalResult:
     """Final-epoch test accuracies (%) of ``runs`` freshly trained networks, with the full protocol.
 
-    ``best_mean``/``best_std``/``best_accs`` (with ``best_epochs``, 1-based) are set only by protocols with
-    ``eval_count`` > 0: per run the best of the tests made during training and after the last epoch (the
-    figure IDC and Minimax report); ``mean``/``std``/``accs`` stay final-epoch.
+    ``best_mean``/``best_std``/``best_accs`` are the best-of-run statistic of papers that publish one
+    (``best_over`` says which): protocols with ``eval_count`` > 0 test during training and keep per run the best of
+    those tests and the test after the last epoch (``best_epochs``, 1-based; IDC, Minimax, DD-Ranking); a set
+    distilled with best-of-run selection (:mod:`gendistill.evaluation.selection`; MTT, DATM) carries the best of its
+    periodic evaluations under this protocol (``best_iteration``). ``mean``/``std``/``accs`` stay final-epoch.
     """
 
     mean: float
@@ -70,6 +73,8 @@ class EvalResult:
     best_std: float | None = None
     best_accs: list[float] | None = None
     best_epochs: list[int] | None = None
+    best_over: str | None = None
+    best_iteration: int | None = None
 
     def summary(self) -> str:
         tag = " [reduced: " + self.reduced_note + "]" if self.reduced else ""
@@ -82,7 +87,9 @@ class EvalResult:
         recipe += f", {aug}" if aug else ", no augmentation"
         if self.best_mean is None:
             return f"{self.mean:.2f} ± {self.std:.2f} % over {len(self.accs)} runs ({recipe}){tag}"
-        return (f"final epoch {self.mean:.2f} ± {self.std:.2f} %, best on test during training "
+        over = ("best distillation checkpoint on test" if self.best_over == "distillation checkpoints"
+                else "best on test during training")
+        return (f"final epoch {self.mean:.2f} ± {self.std:.2f} %, {over} "
                 f"{self.best_mean:.2f} ± {self.best_std:.2f} % over {len(self.accs)} runs ({recipe}){tag}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -296,7 +303,11 @@ def evaluate(
                                                                                               strict=True)]
         best_accs = [float(b[1]) for b in runs_best]
         best = {"best_mean": float(np.mean(best_accs)), "best_std": float(np.std(best_accs)), "best_accs": best_accs,
-                "best_epochs": [int(b[0]) for b in runs_best]}
+                "best_epochs": [int(b[0]) for b in runs_best], "best_over": "epochs"}
+    else:  # a set distilled with best-of-run selection under this protocol (MTT, DATM)
+        best = best_of_run_fields(synset.meta, proto.name)
+        if best.get("best_reduced_note"):
+            notes.append(f"best-of-run evaluations: {best.pop('best_reduced_note')}")
     wall = time.perf_counter() - start
     peak = peak_memory_mb(device)
     return EvalResult(

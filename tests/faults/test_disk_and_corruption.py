@@ -143,6 +143,30 @@ def test_corrupt_model_weights_are_refused_by_their_checksum(tmp_path):
     tally("corrupt artefact", "model weights (bit flip)", injected=1, survived=1, clean_errors=1)
 
 
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_shipped_model_is_refused_naming_the_file(tmp_path, monkeypatch, damage):
+    """The generators shipped in the package (not a freshly saved model): a damaged weight file is refused by the
+    checksum its folder ships with, before any weight is read."""
+    import shutil
+
+    from gendistill.generative import hub
+    from gendistill.utils.errors import CheckpointError
+
+    copy = tmp_path / "pretrained"
+    shutil.copytree(hub.shipped_root(), copy)
+    monkeypatch.setattr(hub, "shipped_root", lambda: copy)
+    assert hub.resolve_model_source("gendistill/dit-mnist") == str(copy / "dit-mnist")  # intact: accepted
+    weights = copy / "dit-mnist" / "transformer" / "diffusion_pytorch_model.safetensors"
+    if damage == "flip":
+        _flip_a_byte(weights, offset=len(weights.read_bytes()) // 2)
+    else:
+        weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(CheckpointError, match="diffusion_pytorch_model.safetensors does not match its checksum"):
+        hub.resolve_model_source("gendistill/dit-mnist")
+    tally("corrupt artefact", f"shipped model weights ({'bit flip' if damage == 'flip' else 'truncated'})",
+          injected=1, survived=1, clean_errors=1)
+
+
 def test_a_result_recorded_under_another_protocol_is_redone_not_reported(tmp_path, data_env):
     from gendistill.bench.runner import collect_cells, run_bench
     from gendistill.bench.spec import parse_spec

@@ -81,6 +81,22 @@ def test_kill_during_a_trajectory_method_and_its_buffer_build_resumes_bitwise(tm
                       lambda out: synset_tensors(out / "synset"))
 
 
+def test_kill_during_a_run_with_best_of_run_selection_resumes_to_the_same_best_set(tmp_path, env, fault_points):
+    args = ["distill", "--method", "dm", "--dataset", "mnist", "--ipc", "1", "--preset", "smoke",
+            "--set", "iterations=6", "--checkpoint-every", "3", "--best-of-run", "2", "--best-of-run-runs", "1",
+            "--best-of-run-epochs", "2"]
+
+    def kept(out: Path) -> dict[str, torch.Tensor]:
+        history = json.loads((out / "best_of_run.json").read_text())["history"]
+        return {**synset_tensors(out / "synset"), **{f"best_{k}": v for k, v in
+                                                     synset_tensors(out / "best_synset").items()},
+                "history": torch.tensor([[h["iteration"], *h["accs"]] for h in history])}
+
+    # steps and every atomic write (evaluation records, kept sets, checkpoints)
+    _kill_then_resume(tmp_path, env, "best-of-run", args, ["distill", "--resume"], "write", range(1, 10),
+                      fault_points, kept)
+
+
 @pytest.fixture
 def tiny_model(tmp_path, env) -> Path:
     out = tmp_path / "pretrained"

@@ -1,0 +1,84 @@
+"""Where one of our methods spends an outer iteration: ``torch.profiler`` over a few iterations at the published
+setting (after one warm-up iteration), top operators by self CPU time.
+
+    python scripts/perf/profile.py dm --iterations 3 --out results/perf/profile_dm.txt
+    python scripts/perf/profile.py evaluate --epochs 20 --out results/perf/profile_evaluate.txt
+
+``evaluate`` profiles the ``dsa`` recipe on random real MNIST IPC 10 (one network, ``--epochs`` epochs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from pathlib import Path
+
+
+def _profile(fn, rows: int) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("method", help="a registered iterative method (e.g. dm, dc, dsa) or 'evaluate'")
+    ap.add_argument("--dataset", default="mnist")
+    ap.add_argument("--ipc", type=int, default=10)
+    ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=20, help="evaluate: epochs of the profiled run")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--rows", type=int, default=15)
+    ap.add_argument("--data-root", default=os.environ.get("GENDISTILL_DATA", ""))
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from gendistill.data.datasets import load_dataset
+    from gendistill.utils.seeding import make_generator
+
+    torch.set_num_threads(args.threads)
+    splits = load_dataset(args.dataset, args.data_root or None)
+    if args.method == "evaluate":
+        from gendistill.evaluation.evaluate import evaluate
+        from gendistill.registry import get_method
+
+        synset = get_method("random").cls(get_method("random").config_cls()).distill(splits.train, args.ipc, seed=0,
+                                                                                     progress=False)
+        table = _profile(lambda: evaluate(synset, splits.test, "dsa", runs=1, epochs=args.epochs, progress=False),
+                         args.rows)
+        what = f"evaluate: dsa recipe, 1 run x {args.epochs} epochs, random real {args.dataset} IPC {args.ipc}"
+    else:
+        from gendistill.presets import resolve_config
+        from gendistill.registry import get_method
+
+        info = get_method(args.method)
+        distiller = info.cls(resolve_config(args.method, args.dataset, args.ipc, overrides=args.sets))
+        gen = make_generator(0)
+        state = distiller.init_state(splits.train, args.ipc, gen, 0)
+        distiller.step(0, state, splits.train, gen, 0)  # warm-up
+
+        def steps() -> None:
+            for it in range(1, 1 + args.iterations):
+                distiller.step(it, state, splits.train, gen, 0)
+
+        table = _profile(steps, args.rows)
+        what = (f"{args.method}: {args.iterations} outer iterations after 1 warm-up, {args.dataset} IPC {args.ipc}, "
+                f"published setting{' + ' + ' '.join(args.sets) if args.sets else ''}")
+    text = (f"{what}\nthreads {args.threads}; {platform.processor() or platform.machine()}; torch {torch.__version__}"
+            f"\ncommand: python {' '.join(sys.argv)}\n\n{table}\n")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

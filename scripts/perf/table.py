@@ -1,0 +1,66 @@
+"""The side-by-side table of ``results/perf/``: one row per ``compare.py --json`` record, with both numbers, the
+ratio, whether the losses agree, the machine and the command that measured it.
+
+    python scripts/perf/table.py results/perf/*.json --out results/perf/README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+TARGET = 2.0
+
+
+def _row(rec: dict) -> str:
+    ref, ours = rec["reference"], rec["ours"]
+    evaluation = rec["comparison"] == "evaluate"
+    unit = "s/run" if evaluation else "s/iteration"
+    key = "s_per_run" if evaluation else "s_per_iteration_median"
+    ratio = rec["ratio"]
+    changed = ", ".join(f"{k}={v}" for k, v in (rec.get("shared_changed") or {}).items()) or "published"
+    agree = {True: "yes", False: "**no**", None: "n/a"}[rec.get("losses_agree")]
+    if evaluation:
+        agree = f"accuracy {ref['accuracy']:.2f} vs {ours['accuracy']:.2f} (one run each)"
+    return (f"| `{rec['comparison']}` | {rec['reference_repo']}@{rec['reference_commit'][:7]} | "
+            f"{ref[key]:.2f} | {ours[key]:.2f} | {unit} | "
+            f"**{ratio:.2f}×**{'' if ratio >= TARGET else ' (below 2×)'} | {ref.get('iterations_timed', 1)} | "
+            f"{agree} | {changed} |")
+
+
+def render(records: list[dict]) -> str:
+    machines = {json.dumps(r["machine"], sort_keys=True) for r in records}
+    lines = ["# Side-by-side speed: gendistill against the reference implementations", "",
+             "Written by `python scripts/perf/table.py results/perf/*.json --out results/perf/README.md` from the",
+             "`compare.py --json` records beside it. Each ratio is reference / ours of the median seconds per outer",
+             "iteration (for `evaluate`: per evaluation run), both sides run one after the other on the same idle",
+             "machine with the same threads, data and settings. \"losses agree\": the two mean losses over the timed",
+             "iterations differ by less than 3 standard errors.", "",
+             "| comparison | reference repository | reference | ours | unit | ratio | timed | losses agree "
+             "| settings |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [_row(r) for r in sorted(records, key=lambda r: r["comparison"])]
+    lines += ["", "Machine" + ("s" if len(machines) > 1 else "") + ":", ""]
+    lines += [f"- {m}" for m in sorted(machines)]
+    lines += ["", "Commands:", "", "```"] + [r["command"] for r in sorted(records, key=lambda r: r["comparison"])]
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("records", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    records = [json.loads(p.read_text()) for p in args.records if p.suffix == ".json"]
+    records = [r for r in records if "ratio" in r]
+    text = render(records)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
