@@ -19,8 +19,13 @@ def _row(rec: dict) -> str:
     unit = "s/run" if evaluation else "s/iteration"
     key = "s_per_run" if evaluation else "s_per_iteration_median"
     ratio = rec["ratio"]
-    changed = ", ".join(f"{k}={v}" for k, v in (rec.get("shared_changed") or {}).items()) or "published"
+    changed = "; ".join(f"{k} {v['used']} (published {v['published']}: {v['why']})" if isinstance(v, dict)
+                        else f"{k}={v}" for k, v in (rec.get("shared_changed") or {}).items()) or "published"
+    if "random" in str((rec.get("data") or {}).get("dataset", "")):
+        changed += f"; random CIFAR-10-shaped data, {rec['data']['train_per_class']} per class"
     agree = {True: "yes", False: "**no**", None: "n/a"}[rec.get("losses_agree")]
+    if not evaluation and min(ref.get("n_loss", 0), ours.get("n_loss", 0)) < 2:
+        agree = f"n/a, one iteration: loss {ref['loss_mean']:.4g} vs {ours['loss_mean']:.4g}"
     if evaluation:
         agree = f"accuracy {ref['accuracy']:.2f} vs {ours['accuracy']:.2f} (one run each)"
     return (f"| `{rec['comparison']}` | {rec['reference_repo']}@{rec['reference_commit'][:7]} | "
@@ -29,7 +34,7 @@ def _row(rec: dict) -> str:
             f"{agree} | {changed} |")
 
 
-def render(records: list[dict]) -> str:
+def render(records: list[dict], missing: list[str] = ()) -> str:
     machines = {json.dumps(r["machine"], sort_keys=True) for r in records}
     lines = ["# Side-by-side speed: gendistill against the reference implementations", "",
              "Written by `python scripts/perf/table.py results/perf/*.json --out results/perf/README.md` from the",
@@ -41,6 +46,8 @@ def render(records: list[dict]) -> str:
              "| settings |",
              "|---|---|---|---|---|---|---|---|---|"]
     lines += [_row(r) for r in sorted(records, key=lambda r: r["comparison"])]
+    if missing:
+        lines += ["", "Not in the table:", ""] + [f"- {m}" for m in missing]
     lines += ["", "Machine" + ("s" if len(machines) > 1 else "") + ":", ""]
     lines += [f"- {m}" for m in sorted(machines)]
     lines += ["", "Commands:", "", "```"] + [r["command"] for r in sorted(records, key=lambda r: r["comparison"])]
@@ -52,10 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("records", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--missing", action="append", default=[], metavar="TEXT",
+                    help="a comparison not in the table and why (one line each)")
     args = ap.parse_args(argv)
     records = [json.loads(p.read_text()) for p in args.records if p.suffix == ".json"]
     records = [r for r in records if "ratio" in r]
-    text = render(records)
+    text = render(records, args.missing)
     if args.out:
         args.out.write_text(text)
     print(text)

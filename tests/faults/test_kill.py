@@ -77,7 +77,8 @@ def test_kill_during_a_trajectory_method_and_its_buffer_build_resumes_bitwise(tm
     args = ["distill", "--method", "mtt", "--dataset", "mnist", "--ipc", "1", "--preset", "smoke",
             "--set", "iterations=4", "--set", "buffer_epochs=3", "--checkpoint-every", "1"]
     # every atomic write: expert epochs, the buffer manifest, checkpoints - a kill anywhere in the build or the run
-    _kill_then_resume(tmp_path, env, "mtt", args, ["distill", "--resume"], "write", range(1, 16), fault_points,
+    # a kill at the first writes leaves no run record yet, so the resume repeats the command (as a user would)
+    _kill_then_resume(tmp_path, env, "mtt", args, [*args, "--resume"], "write", range(1, 16), fault_points,
                       lambda out: synset_tensors(out / "synset"))
 
 
@@ -93,7 +94,7 @@ def test_kill_during_a_run_with_best_of_run_selection_resumes_to_the_same_best_s
                 "history": torch.tensor([[h["iteration"], *h["accs"]] for h in history])}
 
     # steps and every atomic write (evaluation records, kept sets, checkpoints)
-    _kill_then_resume(tmp_path, env, "best-of-run", args, ["distill", "--resume"], "write", range(1, 10),
+    _kill_then_resume(tmp_path, env, "best-of-run", args, [*args, "--resume"], "write", range(1, 10),
                       fault_points, kept)
 
 

@@ -1,8 +1,8 @@
 """Where one of our methods spends an outer iteration: ``torch.profiler`` over a few iterations at the published
 setting (after one warm-up iteration), top operators by self CPU time.
 
-    python scripts/perf/profile.py dm --iterations 3 --out results/perf/profile_dm.txt
-    python scripts/perf/profile.py evaluate --epochs 20 --out results/perf/profile_evaluate.txt
+    python scripts/perf/op_profile.py dm --iterations 3 --out results/perf/profile_dm.txt
+    python scripts/perf/op_profile.py evaluate --epochs 20 --out results/perf/profile_evaluate.txt
 
 ``evaluate`` profiles the ``dsa`` recipe on random real MNIST IPC 10 (one network, ``--epochs`` epochs).
 """
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", default="mnist")
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     ap.add_argument("--epochs", type=int, default=20, help="evaluate: epochs of the profiled run")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -62,14 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         distiller = info.cls(resolve_config(args.method, args.dataset, args.ipc, overrides=args.sets))
         gen = make_generator(0)
         state = distiller.init_state(splits.train, args.ipc, gen, 0)
-        distiller.step(0, state, splits.train, gen, 0)  # warm-up
+        for it in range(args.warmup):
+            distiller.step(it, state, splits.train, gen, 0)
 
         def steps() -> None:
-            for it in range(1, 1 + args.iterations):
+            for it in range(args.warmup, args.warmup + args.iterations):
                 distiller.step(it, state, splits.train, gen, 0)
 
         table = _profile(steps, args.rows)
-        what = (f"{args.method}: {args.iterations} outer iterations after 1 warm-up, {args.dataset} IPC {args.ipc}, "
+        what = (f"{args.method}: {args.iterations} outer iterations after {args.warmup} warm-up, {args.dataset} IPC "
+                f"{args.ipc}, "
                 f"published setting{' + ' + ' '.join(args.sets) if args.sets else ''}")
     text = (f"{what}\nthreads {args.threads}; {platform.processor() or platform.machine()}; torch {torch.__version__}"
             f"\ncommand: python {' '.join(sys.argv)}\n\n{table}\n")
