@@ -151,3 +151,9 @@ def test_eval_hard_labels_of_a_soft_set(tmp_path, data_env, capsys, monkeypatch)
             "--epochs", "1", "--json", "r.json"], capsys)
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["synset"]["label_kind"] == "hardened" and result["protocol"]["label_loss"] == "ce"
+
+
+def test_resume_alone_of_a_run_killed_before_its_record_says_to_repeat_the_command(tmp_path, data_env, capsys):
+    (tmp_path / "r").mkdir()  # what a kill before the first write leaves
+    line = run_err(["distill", "--resume", "--out", str(tmp_path / "r")], capsys)
+    assert "no run record" in line and "repeat the full distill command" in line

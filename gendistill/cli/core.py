@@ -131,7 +131,10 @@ def _fill_from_record(args) -> None:
     missing = [k for k in ("method", "dataset", "ipc") if getattr(args, k) is None]
     if not missing:
         return
-    if not (args.resume and record_path.is_file()):
+    if args.resume and not record_path.is_file():
+        raise GendistillError(f"{args.out} has no run record (config.yaml; the run stopped before writing it): repeat "
+                              f"the full distill command (--{' --'.join(missing)} ...) with --resume")
+    if not args.resume:
         raise GendistillError(f"distill needs --{' --'.join(missing)} (or --resume with the --out of an existing "
                               "run to continue it)")
     record = yaml.safe_load(record_path.read_text()) or {}
