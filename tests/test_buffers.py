@@ -65,6 +65,32 @@ def test_resume_per_epoch_and_extension_are_exact(tmp_path, tiny_train, monkeypa
     assert grown.num_experts == 2 and torch.equal(grown.trajectory(1), full.trajectory(1))
 
 
+def test_a_build_killed_in_its_first_epoch_resumes_and_a_foreign_folder_is_refused(tmp_path, tiny_train,
+                                                                                    monkeypatch):
+    """The manifest is written before the first expert epoch, so a kill there leaves a resumable folder; a leftover
+    temporary file of an interrupted atomic write does not block a rerun; anything else does."""
+    full = train_buffers(tiny_train, tmp_path / "full", experts=1, epochs=2, seed=1, **TINY)
+    real_epoch = buffers._train_epoch
+
+    def dying_epoch(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(buffers, "_train_epoch", dying_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_buffers(tiny_train, tmp_path / "cut", experts=1, epochs=2, seed=1, **TINY)
+    assert json.loads((tmp_path / "cut" / "manifest.json").read_text())["experts"] == []
+    monkeypatch.setattr(buffers, "_train_epoch", real_epoch)
+    assert torch.equal(train_buffers(tiny_train, tmp_path / "cut", experts=1, epochs=2, seed=1, **TINY).trajectory(0),
+                       full.trajectory(0))
+    (tmp_path / "leftover").mkdir()
+    (tmp_path / "leftover" / ".manifest.json.x1y2.tmp").write_text("{")  # a kill inside the first manifest write
+    assert train_buffers(tiny_train, tmp_path / "leftover", experts=1, epochs=2, seed=1, **TINY).num_experts == 1
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    with pytest.raises(GendistillError, match="holds no manifest.json"):
+        train_buffers(tiny_train, tmp_path / "foreign", experts=1, epochs=2, seed=1, **TINY)
+
+
 def test_mismatched_buffers_are_refused_in_one_line(tmp_path, tiny_train):
     buf = train_buffers(tiny_train, tmp_path / "b", experts=1, epochs=1, **TINY)
     other_space = RealDataset(tiny_train.pixels, tiny_train.labels, tiny_train.class_names,

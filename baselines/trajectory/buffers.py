@@ -114,6 +114,11 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
                                            metadata=metadata))
 
 
+def _interrupted_write(path: Path) -> bool:
+    """A temporary file or folder of an atomic write that a kill interrupted (``.<name>.<random>.tmp``)."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
 def _load_tensor(path: Path, key: str) -> torch.Tensor:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -429,12 +434,14 @@ def train_buffers(data: RealDataset | DatasetSplits, out: str | Path, experts: i
                                   "settings to resume or extend it, or another --out")
         manifest["experts"] = saved.get("experts", [])
         manifest["created"] = saved.get("created")
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(not _interrupted_write(p) for p in out.iterdir()):
         raise GendistillError(f"{out} is not empty and holds no {MANIFEST}; choose another --out")
     manifest.setdefault("created", None)
     manifest["created"] = manifest["created"] or time.strftime("%Y-%m-%dT%H:%M:%S")
     manifest["environment"] = environment_meta()
     out.mkdir(parents=True, exist_ok=True)
+    if not manifest_path.is_file():  # the record comes first: whatever a kill leaves later is resumable
+        atomic_json(manifest_path, manifest)
     x_all = used.images().to(device)
     y_all = used.labels.to(device)
     done = {int(e["index"]) for e in manifest["experts"]}
