@@ -120,16 +120,16 @@ def test_kill_during_a_minimax_finetune_resumes_bitwise(tmp_path, env, tiny_mode
 
 
 def test_kill_during_sampling_regenerates_the_same_images(tmp_path, env, tiny_model, fault_points):
-    args = ["sample", "--dataset", "mnist", "--preset", "smoke", "--model", str(tiny_model), "--ipc", "2",
+    args = ["sample", "--dataset", "mnist", "--preset", "smoke", "--model", str(tiny_model), "--ipc", "3",
             "--set", "sample_batch_size=4"]
-    _kill_then_resume(tmp_path, env, "sample", args, args, "sample_batch", range(1, 5), fault_points,
-                      lambda out: synset_tensors(out / "ipc2" / "synset"))
+    _kill_then_resume(tmp_path, env, "sample", args, args, "sample_batch", range(1, 7), fault_points,
+                      lambda out: synset_tensors(out / "ipc3" / "synset"))
 
 
 def test_kill_during_a_bench_resumes_to_the_same_results(tmp_path, env, fault_points):
     spec = {"name": "faults", "methods": ["random", {"name": "dm", "set": ["iterations=3", "batch_real=4",
                                                                           "model=convnet_w8"]}],
-            "datasets": ["mnist"], "ipc": [1, 2], "protocols": ["dc"], "eval_models": ["convnet_w8"], "runs": 1,
+            "datasets": ["mnist"], "ipc": [1, 2, 3], "protocols": ["dc"], "eval_models": ["convnet_w8"], "runs": 1,
             "epochs": 2, "quality": False}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     args = ["bench", str(tmp_path / "spec.yaml")]
@@ -139,4 +139,4 @@ def test_kill_during_a_bench_resumes_to_the_same_results(tmp_path, env, fault_po
         assert all(c["status"] == "done" for c in cells)
         return {c["cell"]: torch.tensor(c["result"]["accs"]) for c in cells}
 
-    _kill_then_resume(tmp_path, env, "bench", args, args, "bench_cell", range(1, 4), fault_points, results)
+    _kill_then_resume(tmp_path, env, "bench", args, args, "bench_cell", range(1, 6), fault_points, results)
