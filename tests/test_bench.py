@@ -30,6 +30,8 @@ def small_spec(**extra):
     ({"methods": [{"name": "dm", "preset": "nope"}]}, "no preset 'nope'"),
     ({"methods": [{"name": "dm", "sett": []}]}, "unknown key 'sett'"),
     ({"ipc": [0]}, "positive integers"),
+    ({"network_epochs": {"lenet": 10}}, "which eval_models does not list"),
+    ({"network_epochs": {"convnet_w8": 0}}, "network_epochs"),
     ({"ipc": []}, "non-empty 'ipc'"),
 ])
 def test_spec_validation_is_one_line(change, needle):
@@ -260,6 +262,23 @@ def test_changed_evaluation_settings_redo_the_evaluations(tmp_path, mnist_root):
     again = run_bench(small_spec(methods=["random"], runs=2), out, data_root=str(mnist_root), progress=False,
                       leaderboard=False)
     assert len(first[0]["result"]["accs"]) == 1 and len(again[0]["result"]["accs"]) == 2
+
+
+def test_network_epochs_give_one_network_its_own_budget_and_keep_the_other_cells(tmp_path, mnist_root):
+    """The per-network recipe (e.g. LeNet at 1000 epochs beside a 100-epoch table): that network's cells train for
+    its epochs and record them; adding it later redoes only that network's cells."""
+    out = tmp_path / "bench"
+    base = {"methods": ["random"], "eval_models": ["convnet_w8", "mlp"], "protocols": ["dsa"]}
+    first = run_bench(small_spec(**base), out, data_root=str(mnist_root), progress=False, leaderboard=False)
+    spec = small_spec(**base, network_epochs={"mlp": 2})
+    assert spec.epochs_for(1, "mlp") == 2 and spec.epochs_for(1, "convnet_w8") == 1
+    again = run_bench(spec, out, data_root=str(mnist_root), progress=False, leaderboard=False)
+    by_net = {r["eval_model"]: r for r in again}
+    assert by_net["mlp"]["result"]["protocol"]["epochs"] == 2
+    assert by_net["convnet_w8"]["result"]["protocol"]["epochs"] == 1
+    assert by_net["mlp"]["result"]["bench_settings"]["epochs"] == 2
+    kept = next(r for r in first if r["eval_model"] == "convnet_w8")
+    assert by_net["convnet_w8"]["result"]["wall_time_s"] == kept["result"]["wall_time_s"]  # reused, not redone
 
 
 def test_generative_cells_share_trained_stages_and_vary_only_the_sampling_seed(data_env, tmp_path, monkeypatch):

@@ -173,3 +173,20 @@ def test_mgd3_and_igd_change_the_unguided_samples(tiny_train, tmp_path):
     off = MGD3Distiller(resolve_config("mgd3", "tiny", 2, preset="smoke",
                                        overrides=[f"pretrained={model}", "mode_lambda=0.0"]))
     assert torch.allclose(off.distill(tiny_train, 2, seed=0, progress=False).images, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("dataset", ["imagenette", "imagewoof"])
+@pytest.mark.parametrize("ipc", [1, 10, 20, 50, 70, 100])
+def test_imagenet_subset_presets_guide_the_minimax_reference_backbone_with_the_authors_settings(dataset, ipc):
+    """mgd3 and igd have the published presets of ImageNette/ImageWoof: the Minimax reference's backbone, VAEs and
+    sampler (so the three methods differ only in their guidance), the authors' guidance settings, no fine-tuning."""
+    minimax = resolve_config("minimax", dataset, ipc)
+    shared = ("pretrained", "resolution", "vae_encoder", "vae_decoder", "sample_steps", "cfg_scale", "cfg_channels",
+              "finetune_steps", "batch_size", "lr", "lambda_pos", "lambda_neg", "memory_size", "device")
+    mgd3, igd = resolve_config("mgd3", dataset, ipc), resolve_config("igd", dataset, ipc)
+    for cfg in (mgd3, igd):
+        assert {k: getattr(cfg, k) for k in shared} == {k: getattr(minimax, k) for k in shared}
+        assert cfg.pretrained == "facebook/DiT-XL-2-256" and cfg.finetune is False
+    assert (mgd3.mode_lambda, mgd3.mode_stop) == (0.1, 25)
+    assert (igd.igd_gm_scale, igd.igd_dev_scale, igd.igd_low, igd.igd_high) == (5.0, 120.0, 30, 45)
+    assert (igd.igd_model, igd.igd_epochs, igd.igd_checkpoints) == ("convnet_d6", 50, [0, 5, 16, 40])

@@ -331,6 +331,16 @@ def _xarch(facts: list[dict]) -> tuple[list[str], dict[tuple, dict[str, float]]]
     return nets, {k: {n: sum(a) / len(a) for n, a in v.items()} for k, v in acc.items()}
 
 
+def _xarch_headers(facts: list[dict], nets: list[str]) -> list[str]:
+    """``net (%)`` per network; where the networks trained for different epochs (a per-network recipe such as the
+    bench's ``network_epochs``), each header names its epochs so the columns are not read as one budget."""
+    epochs = {n: sorted({f["protocol_epochs"] for f in facts if f["eval_model"] == n and f["mean"] is not None
+                         and f["protocol_epochs"] is not None}) for n in nets}
+    if len({tuple(e) for e in epochs.values()}) <= 1:
+        return [f"{n} (%)" for n in nets]
+    return [f"{n} (%, {'/'.join(map(str, epochs[n]))} ep)" for n in nets]
+
+
 # ------------------------------------------------------------------------------------------- plots
 def _primary(facts: list[dict]) -> tuple[str, str] | None:
     """The most common (protocol, eval net) among done cells, preferring convnet: the pair a plot compares on."""
@@ -507,7 +517,7 @@ def write_leaderboard(cells: list[dict], out_dir: Path, *, published: Callable |
     q_head = ["method", "dataset", "IPC", "seed"] + QUALITY_KEYS
     r_head = ["method", "dataset", "IPC", "protocol", "eval net", "HLR", "IOR", "LRS", "ARS"]
     nets, xarch = _xarch(facts)
-    x_head = ["method", "dataset", "IPC", "protocol"] + [f"{n} (%)" for n in nets]
+    x_head = ["method", "dataset", "IPC", "protocol"] + _xarch_headers(facts, nets)
     x_rows = [[k[0], k[1], str(k[2]), k[3]] + [_xarch_value(v.get(n)) for n in nets] for k, v in sorted(
         xarch.items(), key=lambda kv: (str(kv[0][1]), kv[0][2], kv[0][0], str(kv[0][3])))]
     grids = [(f, f"Image grid: {f['label']} {f['dataset']} IPC {f['ipc']} seed {f['distill_seed']}")

@@ -12,6 +12,7 @@ protocols: [dc]           # default: each method's own protocol
 eval_models: [convnet]    # cross-architecture: convnet, resnet_ap10, resnet18, vgg11, alexnet, timm:<name>
 runs: 3
 epochs: 300               # optional; fewer than the protocol's marks the cells reduced ({ipc: epochs} per IPC)
+network_epochs: {lenet: 1000}  # optional per-network epochs, over `epochs` (this package's cross-architecture recipe)
 ```
 
 Generative methods share their trained stages across cells (``shared_stages``): cells that differ only in how
@@ -82,6 +83,9 @@ class BenchSpec:
         eval_models: evaluation networks.
         runs: evaluation networks trained per cell.
         epochs: evaluation epochs, or ``{ipc: epochs}`` (None = the protocol's; fewer marks the cells reduced).
+        network_epochs: ``{network: epochs}`` that replace ``epochs`` for those evaluation networks: this package's
+            per-network recipe for cross-architecture tables (e.g. LeNet fails to train in a reduced 100-epoch run
+            but trains reliably at the protocol's 1000; ``docs/results.md``), recorded in each cell.
         test_subset: test on a class-balanced subset of this many images (reduced, labelled).
         name: the benchmark's name (page title).
         resolution: image size for folder datasets.
@@ -105,6 +109,7 @@ class BenchSpec:
     eval_models: list[str] = dataclasses.field(default_factory=lambda: ["convnet"])
     runs: int = 5
     epochs: int | dict[int, int] | None = None
+    network_epochs: dict[str, int] = dataclasses.field(default_factory=dict)
     test_subset: int | None = None
     name: str = "benchmark"
     resolution: int | None = None
@@ -130,8 +135,10 @@ class BenchSpec:
         fields = {f.name for f in dataclasses.fields(get_method(method.name).config_cls)}
         return list(seeds) if "sample_seed" in fields else [None]
 
-    def epochs_for(self, ipc: int) -> int | None:
-        """The evaluation epochs of cells at ``ipc`` (None: the protocol's own)."""
+    def epochs_for(self, ipc: int, model: str | None = None) -> int | None:
+        """The evaluation epochs of cells at ``ipc`` on network ``model`` (None: the protocol's own)."""
+        if model in self.network_epochs:
+            return self.network_epochs[model]
         if isinstance(self.epochs, dict):
             return self.epochs.get(ipc)
         return self.epochs
@@ -154,9 +161,9 @@ class BenchSpec:
             protocols = [get_method(cell.method.name).default_eval]
         return [EvalCell(cell, p, net) for p in protocols for net in self.eval_models]
 
-    def settings(self, ipc: int) -> dict[str, Any]:
-        """The evaluation settings a stored result at ``ipc`` must match to be reused."""
-        return {"runs": self.runs, "epochs": self.epochs_for(ipc), "test_subset": self.test_subset,
+    def settings(self, ipc: int, model: str | None = None) -> dict[str, Any]:
+        """The evaluation settings a stored result at ``ipc`` on network ``model`` must match to be reused."""
+        return {"runs": self.runs, "epochs": self.epochs_for(ipc, model), "test_subset": self.test_subset,
                 "device": self.device}
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,6 +276,14 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> BenchSpec:
     if isinstance(epochs, dict) and any(isinstance(v, bool) or not isinstance(v, int) or v < 1 or
                                         not isinstance(k, int) for k, v in epochs.items()):
         raise ConfigError(f"epochs in {source} must be an integer or a mapping IPC -> integer, got {epochs!r}")
+    per_net = values.get("network_epochs") or {}
+    if not isinstance(per_net, dict) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                                            for v in per_net.values()):
+        raise ConfigError(f"network_epochs in {source} must map network names to positive integers, got {per_net!r}")
+    stray_nets = sorted(set(per_net) - {str(n) for n in values.get("eval_models") or ["convnet"]})
+    if stray_nets:
+        raise ConfigError(f"network_epochs in {source} names {stray_nets[0]!r}, which eval_models does not list")
+    values["network_epochs"] = {str(k): v for k, v in per_net.items()}
     seeds = values.get("distill_seeds", 1)
     if isinstance(seeds, bool) or not (isinstance(seeds, int) and seeds >= 1 or isinstance(seeds, list) and seeds
                                        and all(isinstance(x, int) for x in seeds)):

@@ -64,7 +64,8 @@ SCIPY_ROTATE = ("from scipy.ndimage.interpolation import rotate as scipyrotate",
 PATCHES: dict[str, dict[str, list[tuple[str, str]]]] = {
     "DatasetCondensation": {
         "utils.py": [SCIPY_ROTATE],
-        "networks.py": [("out.view(out.size(0), -1)", "out.reshape(out.size(0), -1)")],
+        "networks.py": [("out.view(out.size(0), -1)", "out.reshape(out.size(0), -1)"),
+                        ("x = x.view(x.size(0), -1)", "x = x.reshape(x.size(0), -1)")],
         "main_DM.py": [(
             "eval_it_pool = np.arange(0, args.Iteration+1, 2000).tolist() if args.eval_mode == 'S' or args.eval_mode "
             "== 'SS' else [args.Iteration]", "eval_it_pool = []"), (
@@ -326,11 +327,12 @@ args = A()
 args.device = "cpu"; args.lr_net = 0.01; args.epoch_eval_train = int(sys.argv[4]); args.batch_train = 256
 args.dsa = True; args.dsa_strategy = "color_crop_cutout_flip_scale_rotate"; args.dsa_param = ParamDiffAug()
 args.dc_aug_param = None
-torch.random.manual_seed(0)
-net = get_network("ConvNet", channel, num_classes, im_size)
-start = time.perf_counter()
-_, acc_train, acc_test = evaluate_synset(0, net, data["images"], data["labels"], testloader, args)
-print("PERF_EVAL", time.perf_counter() - start, acc_test, flush=True)
+for run in range(int(sys.argv[6])):
+    torch.random.manual_seed(run)
+    net = get_network(sys.argv[5], channel, num_classes, im_size)
+    start = time.perf_counter()
+    _, acc_train, acc_test = evaluate_synset(run, net, data["images"], data["labels"], testloader, args)
+    print("PERF_EVAL", time.perf_counter() - start, acc_test, flush=True)
 '''
 
 
@@ -577,7 +579,14 @@ def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterat
     return result
 
 
-def compare_evaluate(ref_dir: Path, work: Path, data_root: Path, epochs: int, threads: int) -> dict:
+REFERENCE_NETWORKS = {"convnet": "ConvNet", "lenet": "LeNet", "alexnet": "AlexNet", "vgg11": "VGG11",
+                      "resnet18": "ResNet18", "mlp": "MLP"}
+
+
+def compare_evaluate(ref_dir: Path, work: Path, data_root: Path, epochs: int, threads: int, model: str = "convnet",
+                     runs: int = 1) -> dict:
+    """One ``dsa``-recipe evaluation of random real MNIST IPC 10 per side, ``runs`` networks each (the reference's
+    run ``i`` seeds torch with ``i``; ours are the protocol's seeded runs): seconds and test accuracy per run."""
     import torch
 
     import gendistill
@@ -588,19 +597,27 @@ def compare_evaluate(ref_dir: Path, work: Path, data_root: Path, epochs: int, th
     torch.save({"images": images, "labels": labels}, work / "set.pt")
     (work / "driver.py").write_text(EVAL_DRIVER)
     out = run([sys.executable, str(work / "driver.py"), str(ref_dir), str(work / "set.pt"),
-               str(link_mnist(data_root, work / "data")), str(epochs)], ref_dir, threads)
-    seconds, acc = next(line.split()[1:] for line in out.splitlines() if line.startswith("PERF_EVAL"))
+               str(link_mnist(data_root, work / "data")), str(epochs), REFERENCE_NETWORKS[model], str(runs)],
+              ref_dir, threads)
+    ref_rows = [line.split()[1:] for line in out.splitlines() if line.startswith("PERF_EVAL")]
     syn.save(work / "synset")
     code = ("import json, sys, time, gendistill\n"
             f"splits = gendistill.load_dataset('mnist', {str(data_root)!r})\n"
             f"syn = gendistill.load_synset({str(work / 'synset')!r})\n"
             "start = time.perf_counter()\n"
-            f"r = gendistill.evaluate(syn, splits.test, 'dsa', runs=1, epochs={epochs}, progress=False)\n"
-            "print('PERF_EVAL', time.perf_counter() - start, r.mean)\n")
+            f"r = gendistill.evaluate(syn, splits.test, 'dsa', model={model!r}, runs={runs}, epochs={epochs}, "
+            "progress=False)\n"
+            "print('PERF_EVAL', (time.perf_counter() - start) / len(r.accs), json.dumps(r.accs))\n")
     ours = run([sys.executable, "-c", code], REPO, threads)
-    seconds_ours, acc_ours = next(line.split()[1:] for line in ours.splitlines() if line.startswith("PERF_EVAL"))
-    return {"reference": {"s_per_run": float(seconds), "accuracy": 100 * float(acc)},
-            "ours": {"s_per_run": float(seconds_ours), "accuracy": float(acc_ours)}}
+    seconds_ours, accs_ours = next(line.split(" ", 2)[1:] for line in ours.splitlines()
+                                   if line.startswith("PERF_EVAL"))
+    ref_accs = [100 * float(acc) for _, acc in ref_rows]
+    our_accs = [float(a) for a in json.loads(accs_ours)]
+    return {"model": model, "epochs": epochs, "runs": runs,
+            "reference": {"s_per_run": statistics.median(float(s) for s, _ in ref_rows),
+                          "accuracy": statistics.fmean(ref_accs), "accuracies": ref_accs},
+            "ours": {"s_per_run": float(seconds_ours), "accuracy": statistics.fmean(our_accs),
+                     "accuracies": our_accs}}
 
 
 def machine() -> dict:
@@ -620,6 +637,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=100, help="evaluate: training epochs of the dsa recipe")
+    ap.add_argument("--model", choices=sorted(REFERENCE_NETWORKS), default="convnet",
+                    help="evaluate: the network both sides train")
+    ap.add_argument("--runs", type=int, default=1, help="evaluate: networks per side (accuracy of each recorded)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="change a shared setting on both sides (a reduced trial; recorded)")
@@ -649,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         commit = export_reference(Path(args.ref), ref_dir, reference)
         start = time.perf_counter()
         if args.comparison == "evaluate":
-            result = compare_evaluate(ref_dir, work, data_root, args.epochs, args.threads)
+            result = compare_evaluate(ref_dir, work, data_root, args.epochs, args.threads, args.model, args.runs)
             result["ratio"] = result["reference"]["s_per_run"] / result["ours"]["s_per_run"]
         else:
             result = compare_method(args.comparison, ref_dir, work, data_root, args.iterations, args.threads,
