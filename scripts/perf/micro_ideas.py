@@ -1,0 +1,99 @@
+"""Micro-measurements of speed ideas (issue "Speed", item 3): each idea against the current path, arms interleaved
+(A, B, A, B, ...) in one process so that load from other work falls on both; median seconds per call.
+
+    python scripts/perf/micro_ideas.py --threads 1 --json results/perf/ideas/micro_ideas.json
+
+Ideas: channels-last memory format for an evaluation network's training step (ConvNet-3 and AlexNet, batch 100
+of MNIST-sized images), and the per-channel instance norm of ConvNet-3 as ``F.group_norm`` (current),
+``F.instance_norm`` or written out with ``var_mean`` (forward and backward on a [256, 128, 28, 28] activation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from gendistill.nn.nets import create_network
+
+
+def interleaved(arms: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each arm, the arms called in turn ``rounds`` times after one warm-up each."""
+    for fn in arms.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for _ in range(rounds):
+        for name, fn in arms.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def train_step_arms(model: str) -> dict[str, Callable[[], None]]:
+    arms = {}
+    for layout in ("contiguous", "channels_last"):
+        net = create_network(model, 1, 10, 28, seed=0)
+        x = torch.randn(100, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+        y = torch.arange(100) % 10
+        if layout == "channels_last":
+            net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+        def step(net=net, x=x, y=y, opt=opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+        arms[layout] = step
+    return arms
+
+
+def norm_arms() -> dict[str, Callable[[], None]]:
+    x = torch.randn(256, 128, 28, 28, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    w, b = torch.ones(128, requires_grad=True), torch.zeros(128, requires_grad=True)
+
+    def written_out(x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
+        return (x - mean) * torch.rsqrt(var + 1e-5) * w[:, None, None] + b[:, None, None]
+
+    forms = {"group_norm": lambda x: F.group_norm(x, 128, w, b, 1e-5),
+             "instance_norm": lambda x: F.instance_norm(x, weight=w, bias=b, eps=1e-5),
+             "var_mean": written_out}
+    reference = forms["group_norm"](x)
+    for name, f in forms.items():
+        if not torch.allclose(f(x), reference, atol=1e-4):
+            raise SystemExit(f"{name} does not compute the same normalisation")
+    return {name: (lambda f=f: f(x).sum().backward()) for name, f in forms.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+               platform.processor())
+    result = {"threads": args.threads, "rounds": args.rounds, "torch": torch.__version__,
+              "machine": {"cpu": cpu, "avx512_bf16": "avx512_bf16" in info}, "ideas": {}}
+    for model in ("convnet", "alexnet"):
+        result["ideas"][f"train_step_{model}_batch100_s"] = interleaved(train_step_arms(model), args.rounds)
+    result["ideas"]["instance_norm_fwd_bwd_s"] = interleaved(norm_arms(), args.rounds)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
