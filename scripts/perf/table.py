@@ -27,7 +27,11 @@ def _row(rec: dict) -> str:
     if not evaluation and min(ref.get("n_loss", 0), ours.get("n_loss", 0)) < 2:
         agree = f"n/a, one iteration: loss {ref['loss_mean']:.4g} vs {ours['loss_mean']:.4g}"
     if evaluation:
-        agree = f"accuracy {ref['accuracy']:.2f} vs {ours['accuracy']:.2f} (one run each)"
+        runs = rec.get("runs", 1)  # compare.py evaluate --model M --runs N (older records: ConvNet-3, one run)
+        agree = f"accuracy {ref['accuracy']:.2f} vs {ours['accuracy']:.2f} " + \
+            ("(one run each)" if runs == 1 else f"(mean of {runs} runs each)")
+        if rec.get("model", "convnet") != "convnet":
+            changed += f"; network {rec['model']}, {rec['epochs']} epochs"
     return (f"| `{rec['comparison']}` | {rec['reference_repo']}@{rec['reference_commit'][:7]} | "
             f"{ref[key]:.2f} | {ours[key]:.2f} | {unit} | "
             f"**{ratio:.2f}×**{'' if ratio >= TARGET else ' (below 2×)'} | {ref.get('iterations_timed', 1)} | "
