@@ -32,6 +32,9 @@ def small_spec(**extra):
     ({"ipc": [0]}, "positive integers"),
     ({"network_epochs": {"lenet": 10}}, "which eval_models does not list"),
     ({"network_epochs": {"convnet_w8": 0}}, "network_epochs"),
+    ({"teacher_epochs": 0}, "teacher_epochs"),
+    ({"teacher_epochs": 2.5}, "teacher_epochs"),
+    ({"eval_count": -1}, "eval_count"),
     ({"ipc": []}, "non-empty 'ipc'"),
 ])
 def test_spec_validation_is_one_line(change, needle):
@@ -279,6 +282,17 @@ def test_network_epochs_give_one_network_its_own_budget_and_keep_the_other_cells
     assert by_net["mlp"]["result"]["bench_settings"]["epochs"] == 2
     kept = next(r for r in first if r["eval_model"] == "convnet_w8")
     assert by_net["convnet_w8"]["result"]["wall_time_s"] == kept["result"]["wall_time_s"]  # reused, not redone
+
+
+def test_teacher_epochs_and_eval_count_key_only_the_cells_of_protocols_they_apply_to():
+    """A reduced teacher (and fewer best-of tests) re-keys the teacher cells only: the hard-label cells of the same
+    spec stay current, and evaluate receives the overrides only for the teacher protocol."""
+    plain = small_spec(protocols=["dsa", "teacher"])
+    spec = small_spec(protocols=["dsa", "teacher"], teacher_epochs=2, eval_count=5)
+    assert spec.settings(1, "convnet_w8", "dsa") == plain.settings(1, "convnet_w8", "dsa")
+    assert spec.settings(1, "convnet_w8", "teacher") == {**plain.settings(1, "convnet_w8", "teacher"),
+                                                         "teacher_epochs": 2, "eval_count": 5}
+    assert spec.overrides("teacher") == {"teacher_epochs": 2, "eval_count": 5} and spec.overrides("dsa") == {}
 
 
 def test_generative_cells_share_trained_stages_and_vary_only_the_sampling_seed(data_env, tmp_path, monkeypatch):

@@ -84,7 +84,10 @@ def test_quickstart_end_to_end(tmp_path, data_env, capsys):
     cells = json.loads((tmp_path / "q" / "cells.json").read_text())
     assert {c["method"] for c in cells} == {"random", "herding", "kmeans"}
     assert all(c["status"] == "done" and (tmp_path / "q" / c["grid"]).is_file() for c in cells)
-    assert {c["result"]["protocol"]["name"] for c in cells} == {"dc"}  # the coresets' own protocol
+    assert {c["result"]["protocol"]["name"] for c in cells} == {"dsa"}  # one protocol for every row
+    herding = next(c for c in cells if c["method"] == "herding")
+    meta = json.loads((tmp_path / "q" / herding["run_dir"] / "synset" / "synset.json").read_text())["meta"]
+    assert meta["config"]["candidates_per_class"] == 1000
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -169,3 +169,21 @@ def test_teacher_protocol_relabels_every_augmented_view_for_hard_and_soft_sets(t
     assert again.teacher["cache"] in ("memory",) or "safetensors" in again.teacher["cache"]
     with pytest.raises(GendistillError, match="training split"):
         evaluate(hard, tiny_test, proto, progress=False)
+
+
+def test_a_teacher_trained_fewer_epochs_than_the_presets_marks_the_result_reduced(tiny_train, tiny_test):
+    from gendistill.evaluation.evaluate import evaluate
+    from gendistill.evaluation.protocols import PROTOCOLS
+    from gendistill.synset.format import SyntheticSet
+
+    hard = SyntheticSet(tiny_train.images()[:20], tiny_train.labels[:20], tiny_train.class_names,
+                        tiny_train.preprocessing, meta={"method": "random"})
+    result = evaluate(hard, tiny_test, "teacher", model="convnet_w8", runs=1, epochs=2, teacher_epochs=1,
+                      eval_count=1, train=tiny_train, progress=False)
+    preset = PROTOCOLS["teacher"]
+    assert result.protocol["teacher_epochs"] == 1 and result.teacher["recipe"]["epochs"] == 1
+    assert result.reduced and f"teacher trained 1 of {preset.teacher_epochs} epochs" in result.reduced_note
+    assert f"tested 1 of {preset.eval_count} times" in result.reduced_note and result.protocol["eval_count"] == 1
+    with pytest.raises(GendistillError, match="teacher_epochs"):
+        evaluate(hard, tiny_test, "teacher", model="convnet_w8", runs=1, epochs=1, teacher_epochs=0,
+                 train=tiny_train, progress=False)

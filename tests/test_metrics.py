@@ -152,3 +152,24 @@ def test_reference_cache_goes_next_to_the_data_or_to_the_user_cache_when_read_on
     finally:
         os.chmod(data_env, 0o755)
     assert default_cache_dir(train.subset(torch.arange(3))) is None  # an in-memory dataset: no disk cache
+
+
+def test_report_embeds_its_real_sample_once_per_process_and_never_mixes_datasets(tiny_train, tmp_path, monkeypatch):
+    """Many reports against one split embed the real sample once; a split with the same name and size but other
+    pixels (another data root) gets its own sample, not the cached one."""
+    from gendistill.data.datasets import RealDataset
+    from gendistill.evaluation import metrics
+
+    calls = []
+    real_embed = metrics.embed
+    monkeypatch.setattr(metrics, "embed", lambda net, x, **kw: calls.append(len(x)) or real_embed(net, x, **kw))
+    metrics._REAL_SAMPLES.clear()
+    syn = _set_of(tiny_train, tiny_train.class_index[:, :2].reshape(-1))
+    first = set_quality(syn, tiny_train, real_per_class=6, cache_dir=tmp_path)
+    second = set_quality(syn, tiny_train, real_per_class=6, cache_dir=tmp_path)
+    assert calls == [60, 20, 20] and first["summary"] == second["summary"]  # real sample once, the set each time
+    other = RealDataset(255 - tiny_train.pixels, tiny_train.labels, tiny_train.class_names, tiny_train.preprocessing,
+                        tiny_train.name, tiny_train.split)
+    third = set_quality(_set_of(other, other.class_index[:, :2].reshape(-1)), other, real_per_class=6,
+                        cache_dir=tmp_path / "other")
+    assert calls[3] == 60 and third["summary"]["fd"] != first["summary"]["fd"]

@@ -46,6 +46,36 @@ def test_selection_methods_pick_real_images_of_the_right_class(tiny_train):
         assert torch.equal(tiny_train.images(idx), syn.images)
 
 
+@pytest.mark.parametrize("name", ["random", "herding", "kcenter", "kmeans"])
+def test_candidates_per_class_restricts_the_selection_to_a_seeded_pool(tiny_train, name):
+    """A seeded candidate pool (reduced, labelled): every chosen image comes from it, the pool depends only on the
+    seed, and the budget record names the reduction."""
+    from gendistill.distiller import budget_fields
+    from gendistill.methods.coreset import candidate_indices
+    from gendistill.presets import budget_reductions, effective_budget
+
+    info = get_method(name)
+    config = dataclasses.replace(tiny_config(name), candidates_per_class=5)
+    pools = candidate_indices(tiny_train, config, seed=1)
+    assert [len(p) for p in pools] == [5] * 10 and all(bool((tiny_train.labels[p] == c).all())
+                                                       for c, p in enumerate(pools))
+    assert all(torch.equal(a, b) for a, b in zip(pools, candidate_indices(tiny_train, config, seed=1), strict=True))
+    if name == "kmeans":  # 5 clusters of the 5 candidates: each centroid is one pool image
+        syn = info.cls(config).distill(tiny_train, 5, seed=1)
+        pool_images = tiny_train.images(torch.cat(pools)).flatten(1)
+        assert float(torch.cdist(syn.images.flatten(1), pool_images,
+                                 compute_mode="donot_use_mm_for_euclid_dist").min(1).values.max()) < 1e-4
+    else:
+        syn = info.cls(config).distill(tiny_train, 3, seed=1)
+        assert set(syn.source_indices.tolist()) <= set(torch.cat(pools).tolist())
+    full = dataclasses.replace(config, candidates_per_class=0)
+    reductions = budget_reductions(effective_budget(name, config, tiny_train, 3),
+                                   effective_budget(name, full, tiny_train, 3), budget_fields(type(config)))
+    assert any("candidates_per_class" in r for r in reductions)
+    with pytest.raises(GendistillError, match="candidates_per_class"):
+        info.cls(config).distill(tiny_train, 6, seed=1)
+
+
 def test_herding_matches_greedy_mean_definition():
     from gendistill.methods.coreset import Herding
 

@@ -161,10 +161,11 @@ def _run_eval_cell(spec: BenchSpec, ecell: EvalCell, synset: Any, splits: Any, r
     try:
         result = evaluate(synset, splits.test, ecell.protocol, model=ecell.model, runs=spec.runs, train=splits.train,
                           epochs=spec.epochs_for(ecell.distill.ipc, ecell.model), seed=ecell.distill.seed,
-                          device=spec.device, progress=progress, test_subset=spec.test_subset)
+                          device=spec.device, progress=progress, test_subset=spec.test_subset,
+                          **spec.overrides(ecell.protocol))
         record = result.to_dict()
         record["device"] = _device_name(spec.device)
-        record["bench_settings"] = spec.settings(ecell.distill.ipc, ecell.model)
+        record["bench_settings"] = spec.settings(ecell.distill.ipc, ecell.model, ecell.protocol)
         atomic_json(target, record)
         failed.unlink(missing_ok=True)
     except Exception as exc:
@@ -182,7 +183,7 @@ def _current(spec: BenchSpec, record: dict[str, Any] | None, ecell: EvalCell) ->
     if protocol.get("name") != ecell.protocol or protocol.get("model") not in (None, ecell.model):
         return False
     ipc = (record.get("synset") or {}).get("ipc")
-    return record.get("bench_settings") == spec.settings(ipc, ecell.model)
+    return record.get("bench_settings") == spec.settings(ipc, ecell.model, ecell.protocol)
 
 
 def _read(path: Path) -> dict[str, Any] | None:

@@ -13,6 +13,8 @@ eval_models: [convnet]    # cross-architecture: convnet, resnet_ap10, resnet18, 
 runs: 3
 epochs: 300               # optional; fewer than the protocol's marks the cells reduced ({ipc: epochs} per IPC)
 network_epochs: {lenet: 1000}  # optional per-network epochs, over `epochs` (this package's cross-architecture recipe)
+teacher_epochs: 2         # optional; the teacher's epochs in protocols with one (fewer than the preset's: reduced)
+eval_count: 5             # optional; tests during training for a protocol's best-of figure (fewer: reduced)
 ```
 
 Generative methods share their trained stages across cells (``shared_stages``): cells that differ only in how
@@ -87,6 +89,10 @@ class BenchSpec:
             per-network recipe for cross-architecture tables (e.g. LeNet fails to train in a reduced 100-epoch run
             but trains reliably at the protocol's 1000; ``docs/results.md``), recorded in each cell.
         test_subset: test on a class-balanced subset of this many images (reduced, labelled).
+        teacher_epochs: training epochs of the teacher in protocols that have one (``teacher``); None = the
+            protocol's, fewer marks those cells reduced.
+        eval_count: how many times protocols with a best-of figure (``eval_count`` > 0, e.g. ``teacher``) test
+            during training; None = the protocol's, fewer marks those cells reduced.
         name: the benchmark's name (page title).
         resolution: image size for folder datasets.
         cpus_per_cell: CPUs a cell asks Ray for.
@@ -111,6 +117,8 @@ class BenchSpec:
     epochs: int | dict[int, int] | None = None
     network_epochs: dict[str, int] = dataclasses.field(default_factory=dict)
     test_subset: int | None = None
+    teacher_epochs: int | None = None
+    eval_count: int | None = None
     name: str = "benchmark"
     resolution: int | None = None
     cpus_per_cell: float = 1.0
@@ -161,10 +169,22 @@ class BenchSpec:
             protocols = [get_method(cell.method.name).default_eval]
         return [EvalCell(cell, p, net) for p in protocols for net in self.eval_models]
 
-    def settings(self, ipc: int, model: str | None = None) -> dict[str, Any]:
-        """The evaluation settings a stored result at ``ipc`` on network ``model`` must match to be reused."""
-        return {"runs": self.runs, "epochs": self.epochs_for(ipc, model), "test_subset": self.test_subset,
-                "device": self.device}
+    def settings(self, ipc: int, model: str | None = None, protocol: str | None = None) -> dict[str, Any]:
+        """The evaluation settings a stored result at ``ipc`` on network ``model`` under ``protocol`` must match to be
+        reused (``teacher_epochs`` and ``eval_count`` only for protocols they apply to: other cells stay current)."""
+        out = {"runs": self.runs, "epochs": self.epochs_for(ipc, model), "test_subset": self.test_subset,
+               "device": self.device}
+        preset = _preset(protocol) if protocol is not None else None
+        if self.teacher_epochs is not None and preset is not None and preset.teacher:
+            out["teacher_epochs"] = self.teacher_epochs
+        if self.eval_count is not None and preset is not None and preset.eval_count:
+            out["eval_count"] = self.eval_count
+        return out
+
+    def overrides(self, protocol: str) -> dict[str, int]:
+        """The spec's overrides of ``protocol``'s teacher epochs and test count, where they apply."""
+        settings = self.settings(0, None, protocol)
+        return {k: settings[k] for k in ("teacher_epochs", "eval_count") if k in settings}
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -215,6 +235,13 @@ class EvalCell:
 
 
 _LIST_KEYS = ("methods", "datasets", "ipc", "protocols", "eval_models", "eval_ipc")
+
+
+def _preset(protocol: str) -> Any:
+    """The registered protocol preset named ``protocol`` (None for a method's own evaluator)."""
+    from gendistill.evaluation.protocols import PROTOCOL_ALIASES, PROTOCOLS
+
+    return PROTOCOLS.get(PROTOCOL_ALIASES.get(protocol, protocol))
 
 
 def _method_entry(item: Any) -> MethodEntry:
@@ -289,7 +316,8 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> BenchSpec:
                                        and all(isinstance(x, int) for x in seeds)):
         raise ConfigError(f"distill_seeds in {source} must be a positive count or a list of integer seeds")
     values["distill_seeds"] = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    for key in ("runs", "test_subset", "resolution", *(() if isinstance(epochs, dict) else ("epochs",))):
+    int_keys = ("runs", "test_subset", "resolution", "teacher_epochs", "eval_count")
+    for key in (*int_keys, *(() if isinstance(epochs, dict) else ("epochs",))):
         if values.get(key) is not None and (isinstance(values[key], bool) or not isinstance(values[key], int)):
             raise ConfigError(f"{key} in {source} must be an integer, got {values[key]!r}")
     methods = set(list_methods())  # also registers the method packages' evaluators
@@ -314,6 +342,10 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> BenchSpec:
         raise ConfigError(f"ipc values in {source} must be positive integers")
     if int(values.get("runs", 5)) < 1:
         raise ConfigError(f"runs in {source} must be at least 1")
+    if values.get("teacher_epochs") is not None and values["teacher_epochs"] < 1:
+        raise ConfigError(f"teacher_epochs in {source} must be at least 1")
+    if values.get("eval_count") is not None and values["eval_count"] < 0:
+        raise ConfigError(f"eval_count in {source} must be 0 or more")
     try:
         spec = BenchSpec(**values)
     except TypeError as exc:

@@ -73,6 +73,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse
     p.add_argument("--device", default="cpu")
     p.add_argument("--test-subset", type=int, default=None, metavar="N",
                    help="test on a class-balanced subset of N images (quick checks; the result is marked reduced)")
+    p.add_argument("--teacher-epochs", type=int, default=None, metavar="N",
+                   help="protocols with a teacher: train it N epochs instead of the preset's (fewer: marked reduced)")
+    p.add_argument("--eval-count", type=int, default=None, metavar="N",
+                   help="protocols with a best-of figure: test N times during training (fewer: marked reduced)")
     p.add_argument("--hard-labels", action="store_true",
                    help="replace soft labels by their argmax first (e.g. DATM under --protocol dsa: the label effect)")
     add_eval_args(p, protocols)
@@ -218,7 +222,8 @@ def _cmd_eval(args) -> int:
     splits = load_for_synset(synset, args.data_root, args.download, args.dataset)
     result = evaluate(synset, splits.test, args.protocol, model=args.model, runs=args.runs, epochs=args.epochs,
                       train=splits.train,
-                      seed=args.seed, device=args.device, progress=not args.quiet, test_subset=args.test_subset)
+                      seed=args.seed, device=args.device, progress=not args.quiet, test_subset=args.test_subset,
+                      teacher_epochs=args.teacher_epochs, eval_count=args.eval_count)
     _print_result(result)
     if args.json:
         from gendistill.utils.atomic import atomic_json

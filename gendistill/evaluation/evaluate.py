@@ -164,6 +164,8 @@ def evaluate(
     progress: bool = True,
     test_subset: int | None = None,
     train: RealDataset | None = None,
+    teacher_epochs: int | None = None,
+    eval_count: int | None = None,
 ) -> EvalResult:
     """Train ``runs`` fresh networks on ``synset`` under ``protocol`` and test each on ``test``.
 
@@ -182,6 +184,10 @@ def evaluate(
         test_subset: test on a class-balanced subset of this many images (seeded by ``seed``; a reduced,
             labelled result) instead of the whole test split.
         train: the real training split, needed by protocols with a ``teacher`` (trained on it once, cached).
+        teacher_epochs: override the teacher's training epochs (protocols with a ``teacher``); fewer than the
+            preset's marks the result as reduced.
+        eval_count: override how often the protocol tests during training for its best-of figure (fewer than the
+            preset's marks the result as reduced; the final-epoch headline is unaffected).
     """
     from tqdm.auto import tqdm
 
@@ -211,6 +217,14 @@ def evaluate(
     set_rule = {"factor": multiformation_factor(synset.meta), "ipc": synset.ipc, "num_classes": synset.num_classes}
     proto = resolve_protocol(dataclasses.replace(proto, model=model or proto.model), test.name, **set_rule)
     proto = dataclasses.replace(proto, runs=runs or proto.runs, epochs=epochs or proto.epochs)
+    if teacher_epochs is not None and proto.teacher:
+        if teacher_epochs < 1:
+            raise GendistillError(f"teacher_epochs must be at least 1, got {teacher_epochs}")
+        proto = dataclasses.replace(proto, teacher_epochs=teacher_epochs)
+    if eval_count is not None:
+        if eval_count < 0:
+            raise GendistillError(f"eval_count must be 0 or more, got {eval_count}")
+        proto = dataclasses.replace(proto, eval_count=eval_count)
     if preset is not None:
         preset = resolve_protocol(dataclasses.replace(preset, model=proto.model), test.name, **set_rule)
     if proto.resize_crop == -1:  # RandomResizedCrop back to the image's own size
@@ -228,6 +242,10 @@ def evaluate(
         notes.append(f"epochs {proto.epochs} of {preset.epochs}")
     if preset is not None and proto.runs < preset.runs:
         notes.append(f"runs {proto.runs} of {preset.runs}")
+    if preset is not None and proto.teacher and proto.teacher_epochs < preset.teacher_epochs:
+        notes.append(f"teacher trained {proto.teacher_epochs} of {preset.teacher_epochs} epochs")
+    if preset is not None and proto.eval_count < preset.eval_count:
+        notes.append(f"tested {proto.eval_count} of {preset.eval_count} times during training (best-of figure)")
     test, subset_notes = _test_subset(test, test_subset, seed)
     notes += subset_notes
     device = torch.device(device)

@@ -15,13 +15,13 @@ import torch
 
 from gendistill.data.datasets import RealDataset
 from gendistill.distiller import Distiller, budget_field
-from gendistill.evaluation.features import FeatureSpec, dataset_features
+from gendistill.evaluation.features import FeatureSpec, dataset_features, embed, feature_network
 from gendistill.registry import register_method
 from gendistill.synset.format import SyntheticSet
 from gendistill.utils.errors import GendistillError
 from gendistill.utils.seeding import derive_seed, make_generator
 
-__all__ = ["CoresetConfig", "class_features", "kcenter_greedy"]
+__all__ = ["CoresetConfig", "candidate_indices", "class_features", "kcenter_greedy"]
 
 
 @dataclasses.dataclass
@@ -33,6 +33,9 @@ class CoresetConfig:
         feature_model: network used for ``trained``/``random`` features.
         feature_epochs: epochs of training on real data for ``trained`` features.
         feature_images_per_class: real images per class used to train the feature network (0 = all).
+        candidates_per_class: real images per class the selection (or clustering) considers, a seeded random subset
+            (0 = all, as the references select; fewer is a reduced budget, labelled). It bounds the cost of
+            embedding a large training split.
         device: where to compute.
     """
 
@@ -40,6 +43,7 @@ class CoresetConfig:
     feature_model: str = "convnet"
     feature_epochs: int = budget_field(2)
     feature_images_per_class: int = budget_field(0, zero_is_full=True)
+    candidates_per_class: int = budget_field(0, zero_is_full=True)
     device: str = "cpu"
 
     def feature_spec(self) -> FeatureSpec:
@@ -48,9 +52,42 @@ class CoresetConfig:
                            images_per_class=self.feature_images_per_class, device=self.device)
 
 
-def class_features(train: RealDataset, config: CoresetConfig, seed: int, progress: bool = False) -> torch.Tensor:
-    """``[N, D]`` features of every training image in the configured feature space."""
-    return dataset_features(train, config.feature_spec(), seed, progress)
+def candidate_indices(train: RealDataset, config: CoresetConfig, seed: int) -> list[torch.Tensor]:
+    """Per class, the training indices the selection considers: all of the class, or a seeded random subset of
+    ``config.candidates_per_class`` of them (in index order)."""
+    gen = make_generator(derive_seed(seed, "candidates"))
+    pools = []
+    for c in range(train.num_classes):
+        idx = train.class_index[c, : int(train.class_counts[c])]
+        n = config.candidates_per_class
+        if 0 < n < len(idx):
+            idx = idx[torch.randperm(len(idx), generator=gen)[:n].sort().values]
+        pools.append(idx)
+    return pools
+
+
+def class_features(train: RealDataset, config: CoresetConfig, seed: int, progress: bool = False,
+                   index: torch.Tensor | None = None) -> torch.Tensor:
+    """``[N, D]`` features, in the configured feature space, of every training image or of those at ``index`` (the
+    feature network is trained as configured either way)."""
+    spec = config.feature_spec()
+    if index is None:
+        return dataset_features(train, spec, seed, progress)
+    if spec.space == "pixels":
+        return train.images(index).flatten(1)
+    return embed(feature_network(train, spec, seed, progress), train.images(index), device=spec.device,
+                 progress=progress)
+
+
+def _pool_features(train: RealDataset, config: CoresetConfig, seed: int, progress: bool
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The candidate indices of each class and their features (all images: the features of the whole split)."""
+    pools = candidate_indices(train, config, seed)
+    if not config.candidates_per_class:
+        feats = class_features(train, config, seed, progress)
+        return pools, [feats[idx] for idx in pools]
+    feats = class_features(train, config, seed, progress, index=torch.cat(pools))
+    return pools, list(feats.split([len(idx) for idx in pools]))
 
 
 def kcenter_greedy(feats: torch.Tensor, k: int) -> torch.Tensor:
@@ -81,11 +118,17 @@ class _Selector(Distiller):
                                   f"smallest class of {train.name}")
         gen = make_generator(seed)
         show = self.show_progress(run, progress)
-        feats = class_features(train, self.config, seed, show) if self.needs_features() else None
+        if self.needs_features():
+            pools, feats = _pool_features(train, self.config, seed, show)
+        else:
+            pools = candidate_indices(train, self.config, seed)
+            feats = [idx.float()[:, None] for idx in pools]
+        if ipc > min(len(idx) for idx in pools):
+            raise GendistillError(f"--ipc {ipc} exceeds candidates_per_class {self.config.candidates_per_class}; "
+                                  "raise it or set it to 0 (all images)")
         chosen = []
-        for c in range(train.num_classes):
-            idx = train.class_index[c, : int(train.class_counts[c])]
-            local = self.select(feats[idx] if feats is not None else idx.float()[:, None], ipc, gen)
+        for idx, f in zip(pools, feats, strict=True):
+            local = self.select(f, ipc, gen)
             chosen.append(idx[local])
         index = torch.cat(chosen)
         return self.make_synset(train, train.images(index), train.labels[index], ipc, seed, source_indices=index)
@@ -151,14 +194,15 @@ class KMeansCentroids(Distiller):
 
         if ipc > int(train.class_counts.min()):
             raise GendistillError(f"--ipc {ipc} exceeds the real images of the smallest class of {train.name}")
-        feats = class_features(train, self.config, seed, self.show_progress(run, progress))
+        pools, feats = _pool_features(train, self.config, seed, self.show_progress(run, progress))
+        if ipc > min(len(idx) for idx in pools):
+            raise GendistillError(f"--ipc {ipc} exceeds candidates_per_class {self.config.candidates_per_class}; "
+                                  "raise it or set it to 0 (all images)")
         images, labels = [], []
-        all_images = train.images()
-        for c in range(train.num_classes):
-            idx = train.class_index[c, : int(train.class_counts[c])]
+        for c, (idx, f) in enumerate(zip(pools, feats, strict=True)):
             km = KMeans(n_clusters=ipc, n_init=self.config.n_init, random_state=derive_seed(seed, c) % 2**31)
-            assign = torch.from_numpy(km.fit_predict(feats[idx].double().numpy())).long()
-            members = all_images[idx]
+            assign = torch.from_numpy(km.fit_predict(f.double().numpy())).long()
+            members = train.images(idx)
             sums = torch.zeros(ipc, *members.shape[1:]).index_add_(0, assign, members)
             counts = torch.bincount(assign, minlength=ipc).clamp_min(1).view(-1, 1, 1, 1)
             images.append(sums / counts)

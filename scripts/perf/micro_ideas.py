@@ -6,6 +6,11 @@
 Ideas: channels-last memory format for an evaluation network's training step (ConvNet-3 and AlexNet, batch 100
 of MNIST-sized images), and the per-channel instance norm of ConvNet-3 as ``F.group_norm`` (current),
 ``F.instance_norm`` or written out with ``var_mean`` (forward and backward on a [256, 128, 28, 28] activation).
+``--more`` measures instead: ``torch.compile`` (inductor) of ConvNet-3's training step against eager (compile time
+reported apart); the frozen-feature pass (``features.embed``) on 10,000 images, contiguous against channels_last;
+the test pass of ``split_accuracy`` on 10,000 MNIST-sized images at batch 100 (current) against 1000; and one
+`dsa` evaluation of two networks (random MNIST-sized images, IPC 10, 20 epochs, 100 test images) trained one after
+the other (current CPU default) against the vmapped ensemble (``torch.func.stack_module_state``).
 """
 
 from __future__ import annotations
@@ -73,11 +78,81 @@ def norm_arms() -> dict[str, Callable[[], None]]:
     return {name: (lambda f=f: f(x).sum().backward()) for name, f in forms.items()}
 
 
+def compile_arms() -> tuple[dict[str, Callable[[], None]], float]:
+    """ConvNet-3 training step (batch 100, 28 px) eager and under ``torch.compile``; returns the arms and the
+    seconds the first compiled call took (compilation)."""
+    arms = {}
+    compile_s = 0.0
+    for mode in ("eager", "compiled"):
+        net = create_network("convnet", 1, 10, 28, seed=0)
+        x = torch.randn(100, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+        y = torch.arange(100) % 10
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        fwd = torch.compile(net) if mode == "compiled" else net
+
+        def step(fwd=fwd, x=x, y=y, opt=opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(fwd(x), y).backward()
+            opt.step()
+        if mode == "compiled":
+            start = time.perf_counter()
+            step()
+            compile_s = time.perf_counter() - start
+        arms[mode] = step
+    return arms, compile_s
+
+
+def _random_split(n: int, seed: int, split: str):
+    from gendistill.data.datasets import Preprocessing, RealDataset
+
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
+    return RealDataset(pixels, torch.arange(n) % 10, [str(i) for i in range(10)], Preprocessing((0.1307,), (0.3081,)),
+                       "mnist", split)
+
+
+def test_pass_arms() -> dict[str, Callable[[], None]]:
+    from gendistill.evaluation.trainer import split_accuracy
+
+    test = _random_split(10_000, 1, "test")
+    net = create_network("convnet", 1, 10, 28, seed=0)
+    return {f"batch{b}": (lambda b=b: split_accuracy(net, test, batch_size=b)) for b in (100, 1000)}
+
+
+def embed_arms() -> dict[str, Callable[[], None]]:
+    """The frozen-feature pass of the set-quality report and the coresets (``features.embed``'s loop) on 10,000
+    MNIST-sized images at batch 1000: contiguous against channels_last."""
+    net = create_network("convnet", 1, 10, 28, seed=0).eval()
+    x = torch.randn(10_000, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+    def run(fmt: torch.memory_format) -> None:
+        net.to(memory_format=fmt)
+        with torch.inference_mode():
+            for xb in x.split(1000):
+                net.embed(xb.contiguous(memory_format=fmt))
+    return {"contiguous": lambda: run(torch.contiguous_format), "channels_last": lambda: run(torch.channels_last)}
+
+
+def ensemble_arms() -> dict[str, Callable[[], None]]:
+    from gendistill.evaluation.evaluate import evaluate
+    from gendistill.evaluation.protocols import get_protocol
+    from gendistill.synset.format import SyntheticSet
+
+    train = _random_split(100, 0, "train")
+    test = _random_split(100, 1, "test")
+    synset = SyntheticSet(train.images(), train.labels, train.class_names, train.preprocessing,
+                          meta={"method": "random"})
+    return {mode: (lambda mode=mode: evaluate(synset, test, get_protocol("dsa", epochs=20, runs=2, ensemble=mode),
+                                              progress=False))
+            for mode in ("sequential", "batched")}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--more", action="store_true", help="only the second set of ideas (compile, test batch, ensemble)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
@@ -85,9 +160,17 @@ def main(argv: list[str] | None = None) -> int:
                platform.processor())
     result = {"threads": args.threads, "rounds": args.rounds, "torch": torch.__version__,
               "machine": {"cpu": cpu, "avx512_bf16": "avx512_bf16" in info}, "ideas": {}}
-    for model in ("convnet", "alexnet"):
-        result["ideas"][f"train_step_{model}_batch100_s"] = interleaved(train_step_arms(model), args.rounds)
-    result["ideas"]["instance_norm_fwd_bwd_s"] = interleaved(norm_arms(), args.rounds)
+    if args.more:
+        arms, compile_s = compile_arms()
+        result["ideas"]["train_step_convnet_compile_s"] = {**interleaved(arms, args.rounds),
+                                                           "first_compiled_call_s": compile_s}
+        result["ideas"]["test_pass_10k_s"] = interleaved(test_pass_arms(), args.rounds)
+        result["ideas"]["embed_10k_s"] = interleaved(embed_arms(), args.rounds)
+        result["ideas"]["dsa_eval_2nets_20ep_s"] = interleaved(ensemble_arms(), args.rounds)
+    else:
+        for model in ("convnet", "alexnet"):
+            result["ideas"][f"train_step_{model}_batch100_s"] = interleaved(train_step_arms(model), args.rounds)
+        result["ideas"]["instance_norm_fwd_bwd_s"] = interleaved(norm_arms(), args.rounds)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
