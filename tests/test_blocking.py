@@ -118,3 +118,24 @@ def test_training_and_dm_in_blocks_equal_whole_batches(tiny_train, monkeypatch):
     for a, b in zip(p_whole, p_blocked, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(dm_whole, dm_blocked, atol=1e-5, rtol=1e-4)
+
+
+def test_test_passes_and_frozen_features_in_blocks_equal_whole_batches(tiny_train, tiny_test, monkeypatch):
+    """The test pass (split_accuracy), the feature pass (embed) and the teacher's relabelling go through row blocks
+    on CPU: same accuracy, same features (to float rounding) as whole batches."""
+    from gendistill.evaluation import trainer
+    from gendistill.evaluation.features import embed
+    from gendistill.evaluation.trainer import split_accuracy
+
+    net = create_network("convnet_w8", 1, 10, 16, seed=0).eval()
+    x = tiny_train.images()
+    monkeypatch.setenv("GENDISTILL_CPU_BLOCK_MB", "1000")  # whole batches
+    whole_acc, (whole_f, whole_logits) = split_accuracy(net, tiny_test, 50), embed(net, x, logits=True)
+    calls = []
+    real_blocks = trainer.forward_in_blocks
+    monkeypatch.setattr(trainer, "forward_in_blocks", lambda fn, xb, rows: calls.append(rows) or
+                        real_blocks(fn, xb, rows))
+    monkeypatch.setenv("GENDISTILL_CPU_BLOCK_MB", str(40 / 1024))  # 5 rows of a width-8 net on 16x16 images
+    assert split_accuracy(net, tiny_test, 50) == whole_acc and set(calls) == {5}
+    f, logits = embed(net, x, logits=True)
+    assert torch.allclose(f, whole_f, atol=1e-5) and torch.allclose(logits, whole_logits, atol=1e-5)

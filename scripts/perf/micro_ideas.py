@@ -8,7 +8,8 @@ of MNIST-sized images), and the per-channel instance norm of ConvNet-3 as ``F.gr
 ``F.instance_norm`` or written out with ``var_mean`` (forward and backward on a [256, 128, 28, 28] activation).
 ``--more`` measures instead: ``torch.compile`` (inductor) of ConvNet-3's training step against eager (compile time
 reported apart); the frozen-feature pass (``features.embed``) on 10,000 images, contiguous against channels_last;
-the test pass of ``split_accuracy`` on 10,000 MNIST-sized images at batch 100 (current) against 1000; and one
+the test pass of ``split_accuracy`` on 10,000 MNIST-sized images in whole batches of 100 against cache-sized row
+blocks (``gendistill.nn.blocking``, current); and one
 `dsa` evaluation of two networks (random MNIST-sized images, IPC 10, 20 epochs, 100 test images) trained one after
 the other (current CPU default) against the vmapped ensemble (``torch.func.stack_module_state``).
 """
@@ -112,11 +113,26 @@ def _random_split(n: int, seed: int, split: str):
 
 
 def test_pass_arms() -> dict[str, Callable[[], None]]:
+    """``split_accuracy`` on 10,000 MNIST-sized images at its batch of 100 (channels_last): each batch passed whole
+    (``GENDISTILL_CPU_BLOCK_MB`` set huge, the code before blocking) against cache-sized row blocks (current)."""
+    import os
+
     from gendistill.evaluation.trainer import split_accuracy
 
     test = _random_split(10_000, 1, "test")
     net = create_network("convnet", 1, 10, 28, seed=0)
-    return {f"batch{b}": (lambda b=b: split_accuracy(net, test, batch_size=b)) for b in (100, 1000)}
+
+    def run(block_mb: str | None) -> None:
+        saved = os.environ.pop("GENDISTILL_CPU_BLOCK_MB", None)
+        if block_mb is not None:
+            os.environ["GENDISTILL_CPU_BLOCK_MB"] = block_mb
+        try:
+            split_accuracy(net, test, batch_size=100)
+        finally:
+            os.environ.pop("GENDISTILL_CPU_BLOCK_MB", None)
+            if saved is not None:
+                os.environ["GENDISTILL_CPU_BLOCK_MB"] = saved
+    return {"whole_batches": lambda: run("100000"), "row_blocks": lambda: run(None)}
 
 
 def embed_arms() -> dict[str, Callable[[], None]]:
