@@ -329,3 +329,16 @@ def test_generative_cells_share_trained_stages_and_vary_only_the_sampling_seed(d
     small = SyntheticSet.load(runs / "minimax-smoke_mnist_ipc1_s0_ss0" / "synset")  # per-image seeds: a prefix
     assert small.images.allclose(seed0.images.view(10, 2, *seed0.images.shape[1:])[:, 0])
     assert seed0.meta["backbone"].startswith(str((tmp_path / "b" / "stages").resolve()))
+
+
+def test_sets_outside_eval_ipc_are_made_reported_and_shown_without_an_evaluation(tmp_path, mnist_root):
+    """A quality-only spec (the sampling sweep: every set at IPC 2, evaluated at no IPC) lists each set with its
+    set-quality report on the leaderboard instead of an empty page."""
+    spec = small_spec(methods=["random"], ipc=[2], eval_ipc=[1], quality=True)
+    out = tmp_path / "bench"
+    run_bench(spec, out, data_root=str(mnist_root), progress=False)
+    cells = collect_cells(spec, out)
+    assert [c["status"] for c in cells] == ["set only"] and cells[0]["quality"]["precision"] is not None
+    assert not (out / "runs" / cells[0]["cell"] / "eval").exists()
+    page = (out / "leaderboard.md").read_text()
+    assert "1 sets made without an evaluation" in page and "| random | mnist | 2 |" in page

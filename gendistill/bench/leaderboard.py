@@ -539,7 +539,9 @@ def write_leaderboard(cells: list[dict], out_dir: Path, *, published: Callable |
     qs_head = ["method", "dataset", "IPC", "sets"] + QUALITY_KEYS
     n_done = sum(f["mean"] is not None for f in facts)
     counts = f"{len(facts)} cells: {n_done} done, {sum(f['status'] == 'failed' for f in facts)} failed, " \
-             f"{sum(f['status'] == 'pending' for f in facts)} pending."
+             f"{sum(f['status'] == 'pending' for f in facts)} pending" + \
+             (f", {n_sets} sets made without an evaluation (eval_ipc)." if (n_sets := sum(
+                 f['status'] == 'set only' for f in facts)) else ".")
 
     md = [f"# {title}", "", counts, "", "## Summary", "", PIVOT_NOTE, ""]
     for dataset, head, rows, _ in pivots:
