@@ -187,7 +187,8 @@ def evaluate(
         teacher_epochs: override the teacher's training epochs (protocols with a ``teacher``); fewer than the
             preset's marks the result as reduced.
         eval_count: override how often the protocol tests during training for its best-of figure (fewer than the
-            preset's marks the result as reduced; the final-epoch headline is unaffected).
+            preset's, but not 0, marks the result as reduced; 0 drops the best-of figure; the final-epoch headline is
+            unaffected either way).
     """
     from tqdm.auto import tqdm
 
@@ -244,7 +245,7 @@ def evaluate(
         notes.append(f"runs {proto.runs} of {preset.runs}")
     if preset is not None and proto.teacher and proto.teacher_epochs < preset.teacher_epochs:
         notes.append(f"teacher trained {proto.teacher_epochs} of {preset.teacher_epochs} epochs")
-    if preset is not None and proto.eval_count < preset.eval_count:
+    if preset is not None and 0 < proto.eval_count < preset.eval_count:  # 0: no best-of figure, nothing reduced
         notes.append(f"tested {proto.eval_count} of {preset.eval_count} times during training (best-of figure)")
     test, subset_notes = _test_subset(test, test_subset, seed)
     notes += subset_notes
