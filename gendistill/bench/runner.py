@@ -203,23 +203,23 @@ def collect_cells(spec: BenchSpec, out: str | Path) -> list[dict[str, Any]]:
         meta = (_read(run_dir / "synset" / "synset.json") or {}).get("meta", {})
         cost = _read(run_dir / "cost.json") or {}
         grid = run_dir / "synset" / "grid.png"
+        base = {  # what the distilled set contributes to each of its rows
+            "cell": dcell.id, "label": dcell.method.label, "entry_label": dcell.method.name_label,
+            "method": dcell.method.name, "preset": dcell.method.preset, "overrides": list(dcell.method.set),
+            "dataset": dcell.dataset, "ipc": dcell.ipc, "distill_seed": dcell.seed, "sample_seed": dcell.sample_seed,
+            "protocol": "", "eval_model": "", "result": None, "error": None,
+            "distill_time_s": meta.get("distill_time_s"), "eval_time_s": None,
+            "peak_memory_mb": cost.get("distill_peak_rss_mb"), "device": cost.get("device"),
+            "flops": meta.get("flops_per_iteration"),
+            "grid": str(grid.relative_to(out)) if grid.is_file() else None,
+            "quality": _quality_columns(_read(run_dir / "quality.json")),
+            "run_dir": str(run_dir.relative_to(out)),
+        }
         ecells = spec.eval_cells(dcell)
         if not ecells:  # an IPC outside eval_ipc: the set and its quality report only
             made = (run_dir / "synset" / "synset.json").is_file()
-            cells.append({
-                "cell": dcell.id, "label": dcell.method.label, "entry_label": dcell.method.name_label,
-                "method": dcell.method.name, "preset": dcell.method.preset, "overrides": list(dcell.method.set),
-                "dataset": dcell.dataset, "ipc": dcell.ipc, "distill_seed": dcell.seed,
-                "sample_seed": dcell.sample_seed, "protocol": "", "eval_model": "",
-                "status": "set only" if made else ("failed" if dfail else "pending"),
-                "error": dfail["error"] if dfail and not made else None, "result": None,
-                "distill_time_s": meta.get("distill_time_s"), "eval_time_s": None,
-                "peak_memory_mb": cost.get("distill_peak_rss_mb"), "device": cost.get("device"),
-                "flops": meta.get("flops_per_iteration"),
-                "grid": str(grid.relative_to(out)) if grid.is_file() else None,
-                "quality": _quality_columns(_read(run_dir / "quality.json")),
-                "run_dir": str(run_dir.relative_to(out)),
-            })
+            cells.append({**base, "status": "set only" if made else ("failed" if dfail else "pending"),
+                          "error": dfail["error"] if dfail and not made else None})
         for ecell in ecells:
             target = run_dir / "eval" / ecell.file_name
             result = _read(target)
@@ -232,22 +232,12 @@ def collect_cells(spec: BenchSpec, out: str | Path) -> list[dict[str, Any]]:
             else:
                 status, error = "pending", None
             cells.append({
-                "cell": ecell.id, "label": dcell.method.label, "entry_label": dcell.method.name_label,
-                "method": dcell.method.name,
-                "preset": dcell.method.preset,
-                "overrides": list(dcell.method.set), "dataset": dcell.dataset, "ipc": dcell.ipc,
-                "distill_seed": dcell.seed, "sample_seed": dcell.sample_seed, "protocol": ecell.protocol,
-                "eval_model": ecell.model,
+                **base, "cell": ecell.id, "protocol": ecell.protocol, "eval_model": ecell.model,
                 "status": status, "error": error, "result": result,
-                "distill_time_s": meta.get("distill_time_s"),
                 "eval_time_s": result.get("wall_time_s") if result else None,
                 "peak_memory_mb": max(filter(None, [cost.get("distill_peak_rss_mb"),
                                                     result.get("peak_memory_mb") if result else None]), default=None),
                 "device": (result or {}).get("device") or cost.get("device"),
-                "flops": meta.get("flops_per_iteration"),
-                "grid": str(grid.relative_to(out)) if grid.is_file() else None,
-                "quality": _quality_columns(_read(run_dir / "quality.json")),
-                "run_dir": str(run_dir.relative_to(out)),
             })
     return cells
 
