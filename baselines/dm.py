@@ -22,6 +22,7 @@ from gendistill.baselines.base import PixelConfig, PixelDistiller
 from gendistill.data.datasets import RealDataset
 from gendistill.distiller import budget_field
 from gendistill.nn.blocking import block_rows, forward_in_blocks
+from gendistill.nn.compiling import network_forward
 from gendistill.registry import register_method
 
 __all__ = ["DMConfig", "DistributionMatching", "mean_embedding_loss"]
@@ -70,11 +71,12 @@ class DistributionMatching(PixelDistiller):
         draw = dsa.draw_siamese(c, train.image_shape[-1], generator)
         real_groups = torch.arange(c).repeat_interleave(n_real)
         syn_groups = torch.arange(c).repeat_interleave(ipc)
+        embed = network_forward(net, "embed")  # compiled when $GENDISTILL_COMPILE asks for it
         with torch.inference_mode(), self.real_side():
             real_aug = dsa.apply(real.to(self.device), draw, real_groups)
             rows = cfg.real_chunk or block_rows(net, real_aug)
-            real_feats = forward_in_blocks(lambda xb: net.embed(xb).float(), real_aug, rows)
-        syn_feats = net.embed(dsa.apply(images, draw, syn_groups))
+            real_feats = forward_in_blocks(lambda xb: embed(xb).float(), real_aug, rows)
+        syn_feats = embed(dsa.apply(images, draw, syn_groups))
         loss = mean_embedding_loss(real_feats, syn_feats, c)
         self.update_images(state, loss)
         return {"loss": loss.detach()}

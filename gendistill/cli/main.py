@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable
 
@@ -69,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         from gendistill.utils.threads import apply_threads
 
         apply_threads(args.threads)
+        if getattr(args, "compile", False):
+            os.environ["GENDISTILL_COMPILE"] = "1"
+        from gendistill.nn.compiling import compile_backend
+
+        compile_backend()  # a bad $GENDISTILL_COMPILE is a one-line error before any work
         with contextlib.suppress(ValueError):  # only the main thread may install handlers
             previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         return handlers[args.command](args)

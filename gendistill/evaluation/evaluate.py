@@ -34,6 +34,7 @@ from gendistill.evaluation.protocols import (
 from gendistill.evaluation.selection import best_of_run_fields
 from gendistill.evaluation.trainer import _accuracy_batched, _needs_sequential, _soft_targets, _Trainer, split_accuracy
 from gendistill.nn.augment import DSA, IDCAugment
+from gendistill.nn.compiling import compile_backend
 from gendistill.nn.nets import create_network
 from gendistill.synset.decoders import multiformation_factor
 from gendistill.synset.format import SyntheticSet
@@ -75,6 +76,7 @@ class EvalResult:
     best_epochs: list[int] | None = None
     best_over: str | None = None
     best_iteration: int | None = None
+    compiled: str | None = None  # the torch.compile backend of the networks' forwards ($GENDISTILL_COMPILE), or None
 
     def summary(self) -> str:
         tag = " [reduced: " + self.reduced_note + "]" if self.reduced else ""
@@ -339,7 +341,8 @@ def evaluate(
                 "decoder": synset.meta.get("decoder"), "label_kind": "soft" if synset.soft else
                   "hardened" if synset.meta.get("labels_hardened") else "hard",
                 "preprocessing": synset.preprocessing.describe()},
-        protocol_source=source, teacher=teacher_record, **best,
+        protocol_source=source, teacher=teacher_record, compiled=compile_backend() if mode != "batched" else None,
+        **best,
     )
 
 

@@ -19,6 +19,7 @@ from gendistill.data.datasets import RealDataset
 from gendistill.evaluation.protocols import EvalProtocol
 from gendistill.nn.augment import DSA, DCAugment, IDCAugment, ImageNetAugment, cutmix, resize_images
 from gendistill.nn.blocking import block_rows, blocked_mean_backward, forward_in_blocks
+from gendistill.nn.compiling import network_forward
 from gendistill.utils.errors import GendistillError, NonFiniteLossError
 
 __all__ = ["split_accuracy", "train_network"]
@@ -131,13 +132,14 @@ class _Trainer:
         opt = self._optimizer(net.parameters(), _lr_at(self.p, self.lr, self.passes, 0))
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         n = self.x.shape[0]
+        forward = network_forward(net)  # compiled when $GENDISTILL_COMPILE asks for it
         for epoch in range(self.passes):
             opt = self._schedule(opt, net.parameters(), epoch)
             perm = torch.randperm(n, generator=gen)
             for start in range(0, n, self.p.batch_size):
                 xb, yb, yb2, lam = self._batch(perm, start, gen)
                 opt.zero_grad(set_to_none=True)
-                loss = blocked_mean_backward(functools.partial(self._batch_loss, lam=lam), net, xb, yb, yb2,
+                loss = blocked_mean_backward(functools.partial(self._batch_loss, lam=lam), forward, xb, yb, yb2,
                                              rows=block_rows(net, xb))
                 bad |= ~torch.isfinite(loss)
                 opt.step()
@@ -196,12 +198,13 @@ def split_accuracy(net: nn.Module, test: RealDataset, batch_size: int = 100, dev
     fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     net.eval().to(memory_format=fmt)
     correct = torch.zeros((), dtype=torch.long, device=device)
+    forward = network_forward(net)
     with torch.inference_mode():
         for xb, yb in tqdm(test.batches(batch_size), total=-(-len(test) // batch_size), unit="batch",
                            desc=f"test pass ({len(test)} images)", disable=not progress, leave=False):
             xb = resize_images(xb.to(device), image_size) if image_size else xb.to(device)
             xb = xb.contiguous(memory_format=fmt)
-            correct += (forward_in_blocks(net, xb, block_rows(net, xb)).argmax(1) == yb.to(device)).sum()
+            correct += (forward_in_blocks(forward, xb, block_rows(net, xb)).argmax(1) == yb.to(device)).sum()
     return 100.0 * int(correct) / len(test)
 
 

@@ -534,7 +534,7 @@ def reference_command(comp: Comparison, values: dict[str, Any], iterations: int,
 
 def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterations: int, threads: int,
                    warmup: int, sets: list[str], experts: int, expert_epochs: int, per_class: int,
-                   reference_experts: str = "ours") -> dict:
+                   reference_experts: str = "ours", compile_ours: bool = False) -> dict:
     comp = SETTINGS[name]
     if comp.data == "random_cifar10":
         data_dir = make_random_cifar(work / "data", per_class)
@@ -562,12 +562,15 @@ def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterat
                 *(["--set", f"buffer={work / 'our_buffers'}"] if comp.buffers else []),
                 *(["--zca", "kornia"] if comp.zca else []),
                 "--log-every", "1", "--checkpoint-every", "0", "--out", str(run_dir)]
-    run([sys.executable, "-m", "gendistill.cli", *ours_cmd], REPO, threads)
+    run([sys.executable, "-m", "gendistill.cli", *ours_cmd], REPO, threads,
+        {"GENDISTILL_COMPILE": "1" if compile_ours else "0"})
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     ours = summarise([line["elapsed_s"] for line in lines], [comp.our_loss(line) for line in lines], warmup)
     extra = sorted({k for line in lines for k in line} - {"iteration", "elapsed_s", "loss"})
     ours["metrics_mean"] = {k: statistics.fmean(float(line[k]) for line in lines if k in line) for k in extra}
+    ours["first_iteration_elapsed_s"] = lines[0]["elapsed_s"]  # start-up, and compilation under --compile
     result = {"reference": reference, "ours": ours, "data": data, "shared": values, "shared_changed": changed,
+              "ours_compiled": compile_ours,
               "reference_command": " ".join(["python", *cmd[1:]]), "ours_command": " ".join(["gendistill", *ours_cmd]),
               "ours_overrides": list(comp.overrides)}
     if config:
@@ -584,9 +587,11 @@ REFERENCE_NETWORKS = {"convnet": "ConvNet", "lenet": "LeNet", "alexnet": "AlexNe
 
 
 def compare_evaluate(ref_dir: Path, work: Path, data_root: Path, epochs: int, threads: int, model: str = "convnet",
-                     runs: int = 1) -> dict:
+                     runs: int = 1, compile_ours: bool = False) -> dict:
     """One ``dsa``-recipe evaluation of random real MNIST IPC 10 per side, ``runs`` networks each (the reference's
-    run ``i`` seeds torch with ``i``; ours are the protocol's seeded runs): seconds and test accuracy per run."""
+    run ``i`` seeds torch with ``i``; ours are the protocol's seeded runs): seconds and test accuracy per run.
+    ``compile_ours``: our side under ``GENDISTILL_COMPILE=1``; its seconds per run are the mean over the runs, so the
+    first run's compilation is spread over them."""
     import torch
 
     import gendistill
@@ -608,12 +613,12 @@ def compare_evaluate(ref_dir: Path, work: Path, data_root: Path, epochs: int, th
             f"r = gendistill.evaluate(syn, splits.test, 'dsa', model={model!r}, runs={runs}, epochs={epochs}, "
             "progress=False)\n"
             "print('PERF_EVAL', (time.perf_counter() - start) / len(r.accs), json.dumps(r.accs))\n")
-    ours = run([sys.executable, "-c", code], REPO, threads)
+    ours = run([sys.executable, "-c", code], REPO, threads, {"GENDISTILL_COMPILE": "1" if compile_ours else "0"})
     seconds_ours, accs_ours = next(line.split(" ", 2)[1:] for line in ours.splitlines()
                                    if line.startswith("PERF_EVAL"))
     ref_accs = [100 * float(acc) for _, acc in ref_rows]
     our_accs = [float(a) for a in json.loads(accs_ours)]
-    return {"model": model, "epochs": epochs, "runs": runs,
+    return {"model": model, "epochs": epochs, "runs": runs, "ours_compiled": compile_ours,
             "reference": {"s_per_run": statistics.median(float(s) for s, _ in ref_rows),
                           "accuracy": statistics.fmean(ref_accs), "accuracies": ref_accs},
             "ours": {"s_per_run": float(seconds_ours), "accuracy": statistics.fmean(our_accs),
@@ -637,6 +642,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=100, help="evaluate: training epochs of the dsa recipe")
+    ap.add_argument("--compile", action="store_true", help="our side with GENDISTILL_COMPILE=1 (torch.compile; "
+                    "evaluate: the first run's compilation is counted, spread over --runs; methods: it falls in the "
+                    "first, untimed iteration)")
     ap.add_argument("--model", choices=sorted(REFERENCE_NETWORKS), default="convnet",
                     help="evaluate: the network both sides train")
     ap.add_argument("--runs", type=int, default=1, help="evaluate: networks per side (accuracy of each recorded)")
@@ -654,6 +662,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", default=None, metavar="DIR",
                     help="work in DIR (must be new or empty) and keep the patched reference, data, buffers and runs")
     args = ap.parse_args(argv)
+    if args.comparison != "evaluate" and args.warmup >= args.iterations:
+        # iterations + 1 are run and timed between their ends; the first --warmup of those intervals are dropped
+        ap.error(f"--warmup {args.warmup} leaves no timed iteration of --iterations {args.iterations}; "
+                 f"use --warmup {max(args.iterations - 1, 0)} or more --iterations")
     if args.comparison in BLOCKED:
         print(f"BLOCKED {args.comparison}: {BLOCKED[args.comparison]}", file=sys.stderr)
         return 3
@@ -669,12 +681,13 @@ def main(argv: list[str] | None = None) -> int:
         commit = export_reference(Path(args.ref), ref_dir, reference)
         start = time.perf_counter()
         if args.comparison == "evaluate":
-            result = compare_evaluate(ref_dir, work, data_root, args.epochs, args.threads, args.model, args.runs)
+            result = compare_evaluate(ref_dir, work, data_root, args.epochs, args.threads, args.model, args.runs,
+                                      args.compile)
             result["ratio"] = result["reference"]["s_per_run"] / result["ours"]["s_per_run"]
         else:
             result = compare_method(args.comparison, ref_dir, work, data_root, args.iterations, args.threads,
                                     args.warmup, args.sets, args.experts, args.expert_epochs, args.random_per_class,
-                                    args.reference_experts)
+                                    args.reference_experts, args.compile)
             r, o = result["reference"], result["ours"]
             result["ratio"] = r["s_per_iteration_median"] / o["s_per_iteration_median"]
             se = math.sqrt(r["loss_std"] ** 2 / max(r["n_loss"], 1) + o["loss_std"] ** 2 / max(o["n_loss"], 1))

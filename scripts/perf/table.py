@@ -19,7 +19,8 @@ def _row(rec: dict) -> str:
     unit = "s/run" if evaluation else "s/iteration"
     key = "s_per_run" if evaluation else "s_per_iteration_median"
     ratio = rec["ratio"]
-    changed = "; ".join(f"{k} {v['used']} (published {v['published']}: {v['why']})" if isinstance(v, dict)
+    changed = "; ".join(f"{k} {v['used']} (published {v['published']}: {v.get('why', 'lowered with --set')})"
+                        if isinstance(v, dict)
                         else f"{k}={v}" for k, v in (rec.get("shared_changed") or {}).items()) or "published"
     if "random" in str((rec.get("data") or {}).get("dataset", "")):
         changed += f"; random CIFAR-10-shaped data, {rec['data']['train_per_class']} per class"
@@ -32,6 +33,13 @@ def _row(rec: dict) -> str:
             ("(one run each)" if runs == 1 else f"(mean of {runs} runs each)")
         if rec.get("model", "convnet") != "convnet":
             changed += f"; network {rec['model']}, {rec['epochs']} epochs"
+        if rec.get("ours_compiled"):
+            changed += f"; ours compiled (`--compile`), mean of {runs} runs including the first run's compilation"
+    elif rec.get("ours_compiled"):
+        changed += (f"; ours compiled (`--compile`): its first iteration, untimed, ended after "
+                    f"{ours.get('first_iteration_elapsed_s', float('nan')):.1f} s")
+    if rec.get("ours_inductor_cache"):
+        changed += f"; inductor cache {rec['ours_inductor_cache']}"
     return (f"| `{rec['comparison']}` | {rec['reference_repo']}@{rec['reference_commit'][:7]} | "
             f"{ref[key]:.2f} | {ours[key]:.2f} | {unit} | "
             f"**{ratio:.2f}×**{'' if ratio >= TARGET else ' (below 2×)'} | {ref.get('iterations_timed', 1)} | "

@@ -1,0 +1,94 @@
+"""``torch.compile`` (inductor) against eager for ConvNet-3 on MNIST-sized inputs, with and without row blocks.
+
+Arms run interleaved in one process (median of ``--rounds``), after two warm-up calls each (which compile):
+- a training step on 100 images (cross-entropy, SGD) in row blocks of 16, whole, and (compiled) in blocks of 50;
+- a 10,000-image test pass in batches of 100: eager channels-last in blocks of 16 (the evaluation's default), and
+  compiled in blocks of 16 or whole batches, channels-last or contiguous.
+
+One compiled function takes the network as an argument, as ``gendistill.nn.compiling`` does.
+
+    python scripts/perf/compile_arms.py --threads 2 --json results/perf/ideas/compile.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from gendistill.nn.compiling import RECOMPILE_LIMIT
+from gendistill.nn.nets import create_network
+
+
+def _median_times(arms: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+    for arm in arms.values():
+        arm()
+        arm()
+    times: dict[str, list[float]] = {k: [] for k in arms}
+    for _ in range(rounds):
+        for k, arm in arms.items():
+            start = time.perf_counter()
+            arm()
+            times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
+    compiled = torch.compile(lambda net, x: net(x), dynamic=False)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(100, 1, 28, 28, generator=g), torch.arange(100) % 10
+    x_test = torch.randn(10000, 1, 28, 28, generator=g)
+    net = create_network("convnet", 1, 10, 28, seed=0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+    def step(forward: Callable[[torch.Tensor], torch.Tensor], rows: int) -> None:
+        for s in range(0, 100, rows):
+            block = slice(s, min(s + rows, 100))
+            (F.cross_entropy(forward(x[block]), y[block]) * ((block.stop - block.start) / 100)).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def comp(t: torch.Tensor) -> torch.Tensor:
+        return compiled(net, t)
+
+    train = _median_times({"eager_blocks16": lambda: step(net, 16), "eager_whole": lambda: step(net, 100),
+                           "compiled_blocks16": lambda: step(comp, 16), "compiled_whole": lambda: step(comp, 100),
+                           "compiled_blocks50": lambda: step(comp, 50)}, args.rounds)
+    print("train step (s)", {k: round(v, 4) for k, v in train.items()}, flush=True)
+    net.eval()
+
+    def test(forward: Callable[[torch.Tensor], torch.Tensor], rows: int, fmt: torch.memory_format) -> None:
+        net.to(memory_format=fmt)
+        with torch.inference_mode():
+            xs = x_test.contiguous(memory_format=fmt)
+            for s in range(0, 10000, 100):
+                batch = xs[s : s + 100]
+                torch.cat([forward(batch[i : i + rows]) for i in range(0, 100, rows)])
+
+    cl, cont = torch.channels_last, torch.contiguous_format
+    tests = _median_times({"eager_cl_blocks16": lambda: test(net, 16, cl),
+                           "compiled_cl_blocks16": lambda: test(comp, 16, cl),
+                           "compiled_cl_whole": lambda: test(comp, 100, cl),
+                           "compiled_contiguous_whole": lambda: test(comp, 100, cont),
+                           "compiled_contiguous_blocks16": lambda: test(comp, 16, cont)}, max(args.rounds // 2, 1))
+    print("test pass 10k (s)", {k: round(v, 3) for k, v in tests.items()}, flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"threads": args.threads, "rounds": args.rounds, "torch": torch.__version__,
+                       "train_step_100_s": train, "test_pass_10k_s": tests}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

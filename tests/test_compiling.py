@@ -1,0 +1,93 @@
+"""The optional ``torch.compile`` of the evaluation networks (``$GENDISTILL_COMPILE``, ``gendistill --compile``).
+
+The tests use the ``aot_eager`` backend: the same graph capture and autograd split as inductor, without its C++
+code generation (which takes ~20 s per graph on 2 cores)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from gendistill.evaluation.evaluate import evaluate
+from gendistill.evaluation.protocols import EvalProtocol
+from gendistill.nn.compiling import RECOMPILE_LIMIT, compile_backend, network_forward
+from gendistill.nn.nets import create_network
+from gendistill.synset.format import SyntheticSet
+from gendistill.utils.errors import ConfigError
+
+TINY = EvalProtocol(name="dsa", model="convnet_w8", epochs=4, batch_size=16, runs=2,
+                    dsa_strategy="color_crop_cutout_flip_scale_rotate")
+
+
+def _synset(train, per_class: int = 3) -> SyntheticSet:
+    idx = train.sample_indices(per_class, torch.Generator().manual_seed(0)).reshape(-1)
+    return SyntheticSet(train.images(idx), train.labels[idx], train.class_names, train.preprocessing,
+                        meta={"method": "test", "dataset": "tiny"})
+
+
+@pytest.mark.parametrize(("value", "backend"), [("", None), ("0", None), ("off", None), ("1", "inductor"),
+                                                ("true", "inductor"), ("aot_eager", "aot_eager")])
+def test_the_environment_variable_names_the_backend(monkeypatch, value, backend):
+    monkeypatch.setenv("GENDISTILL_COMPILE", value)
+    assert compile_backend() == backend
+
+
+def test_an_unknown_backend_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv("GENDISTILL_COMPILE", "nosuchbackend")
+    with pytest.raises(ConfigError, match="not a torch.compile backend"):
+        compile_backend()
+
+
+def test_off_by_default_returns_the_network_itself(monkeypatch):
+    monkeypatch.delenv("GENDISTILL_COMPILE", raising=False)
+    net = create_network("convnet_w8", 1, 10, 16, seed=0)
+    assert network_forward(net) is net
+
+
+def test_networks_built_afresh_reuse_one_compiled_graph(monkeypatch):
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("GENDISTILL_COMPILE", "aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for seed in (0, 1, 2):  # as the evaluation builds one network per run
+        net = create_network("convnet_w8", 1, 10, 16, seed=seed)
+        out = network_forward(net)(x)
+        torch.testing.assert_close(out, net(x), rtol=1e-5, atol=1e-5)  # the same function as eager
+        out.sum().backward()  # the compiled graph has a backward
+        outs.append(out.detach())
+        assert all(p.grad is not None for p in net.parameters())
+    assert counters["stats"]["unique_graphs"] == 1  # the second and third networks recompiled nothing
+    assert torch._dynamo.config.recompile_limit >= RECOMPILE_LIMIT  # torch's default 8 would fall back to eager
+    assert not torch.allclose(outs[0], outs[1])  # each network's own weights were used, not the first one's
+
+
+def test_a_compiled_evaluation_matches_eager_and_is_recorded(tiny_train, tiny_test, monkeypatch):
+    syn = _synset(tiny_train)
+    proto = dataclasses.replace(TINY)
+    monkeypatch.delenv("GENDISTILL_COMPILE", raising=False)
+    eager = evaluate(syn, tiny_test, proto, progress=False)
+    monkeypatch.setenv("GENDISTILL_COMPILE", "aot_eager")
+    torch._dynamo.reset()
+    compiled = evaluate(syn, tiny_test, proto, progress=False)
+    assert eager.compiled is None and compiled.compiled == "aot_eager"
+    assert compiled.to_dict()["compiled"] == "aot_eager"
+    assert compiled.accs == pytest.approx(eager.accs, abs=100 / len(tiny_test) + 1e-9)  # at most one test image
+
+
+def test_the_compile_flag_sets_the_environment_and_a_bad_value_is_refused(monkeypatch, capsys):
+    from gendistill.cli.main import main
+
+    monkeypatch.setenv("GENDISTILL_COMPILE", "0")  # recorded, so the value the flag writes is undone afterwards
+    assert main(["--compile", "methods"]) == 0
+    import os
+
+    assert os.environ["GENDISTILL_COMPILE"] == "1"
+    monkeypatch.setenv("GENDISTILL_COMPILE", "nosuchbackend")
+    assert main(["methods"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "GENDISTILL_COMPILE" in err[0]
