@@ -39,5 +39,5 @@ def add_global_flags(p: argparse.ArgumentParser, top: bool) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars", **kw)
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: $GENDISTILL_THREADS, "
                    "else one per core)", **({"default": None} if top else kw))
-    p.add_argument("--compile", action="store_true", help="torch.compile the evaluation networks' forwards (sets "
-                   "GENDISTILL_COMPILE=1; pays for long evaluations: the first call compiles for ~20 s)", **kw)
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks of the shared training loop, "
+                   "test passes and DM (sets GENDISTILL_COMPILE=1; the first call compiles for ~20 s)", **kw)
