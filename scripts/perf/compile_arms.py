@@ -14,28 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from micro_ideas import interleaved
 
 from gendistill.nn.compiling import RECOMPILE_LIMIT
 from gendistill.nn.nets import create_network
 
 
 def _median_times(arms: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
-    for arm in arms.values():
+    for arm in arms.values():  # a first call each (compiles), then micro_ideas' warm-up and interleaved rounds
         arm()
-        arm()
-    times: dict[str, list[float]] = {k: [] for k in arms}
-    for _ in range(rounds):
-        for k, arm in arms.items():
-            start = time.perf_counter()
-            arm()
-            times[k].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return interleaved(arms, rounds)
 
 
 def main() -> None:
