@@ -1,0 +1,47 @@
+"""The side-by-side speed scripts' own checks (``scripts/perf/compare.py``, ``table.py``); nothing is timed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+PERF = Path(__file__).resolve().parents[1] / "scripts" / "perf"
+
+
+@pytest.fixture
+def perf_scripts(monkeypatch):
+    monkeypatch.syspath_prepend(str(PERF))
+    import compare
+    import table
+
+    return compare, table
+
+
+def test_a_warmup_that_leaves_no_timed_iteration_is_refused(perf_scripts, capsys):
+    compare, _ = perf_scripts
+    with pytest.raises(SystemExit) as exc:
+        compare.main(["dsa", "--ref", "unused", "--iterations", "1", "--warmup", "1"])
+    assert exc.value.code == 2
+    assert "leaves no timed iteration" in capsys.readouterr().err
+
+
+def test_intervals_after_the_warmup_are_timed(perf_scripts):
+    compare, _ = perf_scripts
+    # iterations + 1 prints (the first ends the start-up iteration); --iterations 1 --warmup 0 times one interval
+    summary = compare.summarise([10.0, 13.0], [1.0, 2.0], warmup=0)
+    assert summary["iterations_timed"] == 1 and summary["s_per_iteration_median"] == 3.0
+
+
+def test_the_table_labels_compiled_rows_their_cache_and_settings_lowered_with_set(perf_scripts):
+    _, table = perf_scripts
+    records = [json.loads((PERF.parents[1] / "results" / "perf" / f"{name}.json").read_text())
+               for name in ("evaluate_compiled_warm", "dm_compiled", "datm")]
+    datm = records[2]
+    datm["shared_changed"]["syn_steps"].pop("why", None)  # as compare.py records a --set change
+    text = table.render(records)
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| `")}
+    assert "ours compiled" in rows["`evaluate`"] and "inductor cache warm" in rows["`evaluate`"]
+    assert "first iteration, untimed, ended after 17.5 s" in rows["`dm`"]
+    assert "syn_steps 20 (published 80: lowered with --set)" in rows["`datm`"]
