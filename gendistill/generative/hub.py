@@ -113,14 +113,17 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def write_model_card(folder: str | Path, info: dict[str, Any], quality: dict[str, Any] | None = None) -> Path:
+def write_model_card(folder: str | Path, info: dict[str, Any], quality: dict[str, Any] | None = None,
+                     title: str | None = None) -> Path:
     """Write ``folder/README.md``: Hugging Face model-card metadata and a description of how the model was made.
 
     ``info`` is the model's ``gendistill.json`` record; ``quality`` an optional set-quality summary (precision,
-    recall, coverage, FD, ...) with the settings it was measured under (``quality["settings"]``).
+    recall, coverage, FD, ...) with the settings it was measured under (``quality["settings"]``). ``title``: the
+    card's heading when the model has no ``model_id`` (models are written to a temporary folder first, so the folder's
+    own name is only the last resort).
     """
     folder = Path(folder)
-    title = info.get("model_id") or folder.name  # a shipped model is written to a temporary folder first
+    title = info.get("model_id") or title or folder.name
     dataset = info.get("dataset", "unknown")
     stage = info.get("stage", "pretrain")
     minimax = stage == "finetune"
