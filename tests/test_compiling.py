@@ -9,22 +9,16 @@ import dataclasses
 
 import pytest
 import torch
+from test_evaluation import _synset
 
 from gendistill.evaluation.evaluate import evaluate
 from gendistill.evaluation.protocols import EvalProtocol
 from gendistill.nn.compiling import RECOMPILE_LIMIT, compile_backend, network_forward
 from gendistill.nn.nets import create_network
-from gendistill.synset.format import SyntheticSet
 from gendistill.utils.errors import ConfigError
 
 TINY = EvalProtocol(name="dsa", model="convnet_w8", epochs=4, batch_size=16, runs=2,
                     dsa_strategy="color_crop_cutout_flip_scale_rotate")
-
-
-def _synset(train, per_class: int = 3) -> SyntheticSet:
-    idx = train.sample_indices(per_class, torch.Generator().manual_seed(0)).reshape(-1)
-    return SyntheticSet(train.images(idx), train.labels[idx], train.class_names, train.preprocessing,
-                        meta={"method": "test", "dataset": "tiny"})
 
 
 @pytest.mark.parametrize(("value", "backend"), [("", None), ("0", None), ("off", None), ("1", "inductor"),

@@ -532,6 +532,11 @@ def reference_command(comp: Comparison, values: dict[str, Any], iterations: int,
     return [sys.executable, *comp.script, "--cfg", str(work / "reference_config.yaml")], text
 
 
+def _ours_env(compile_ours: bool) -> dict[str, str]:
+    """Our side's environment: ``torch.compile`` on or off (``--compile``), never inherited by accident."""
+    return {"GENDISTILL_COMPILE": "1" if compile_ours else "0"}
+
+
 def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterations: int, threads: int,
                    warmup: int, sets: list[str], experts: int, expert_epochs: int, per_class: int,
                    reference_experts: str = "ours", compile_ours: bool = False) -> dict:
@@ -562,8 +567,7 @@ def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterat
                 *(["--set", f"buffer={work / 'our_buffers'}"] if comp.buffers else []),
                 *(["--zca", "kornia"] if comp.zca else []),
                 "--log-every", "1", "--checkpoint-every", "0", "--out", str(run_dir)]
-    run([sys.executable, "-m", "gendistill.cli", *ours_cmd], REPO, threads,
-        {"GENDISTILL_COMPILE": "1" if compile_ours else "0"})
+    run([sys.executable, "-m", "gendistill.cli", *ours_cmd], REPO, threads, _ours_env(compile_ours))
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     ours = summarise([line["elapsed_s"] for line in lines], [comp.our_loss(line) for line in lines], warmup)
     extra = sorted({k for line in lines for k in line} - {"iteration", "elapsed_s", "loss"})
@@ -613,7 +617,7 @@ def compare_evaluate(ref_dir: Path, work: Path, data_root: Path, epochs: int, th
             f"r = gendistill.evaluate(syn, splits.test, 'dsa', model={model!r}, runs={runs}, epochs={epochs}, "
             "progress=False)\n"
             "print('PERF_EVAL', (time.perf_counter() - start) / len(r.accs), json.dumps(r.accs))\n")
-    ours = run([sys.executable, "-c", code], REPO, threads, {"GENDISTILL_COMPILE": "1" if compile_ours else "0"})
+    ours = run([sys.executable, "-c", code], REPO, threads, _ours_env(compile_ours))
     seconds_ours, accs_ours = next(line.split(" ", 2)[1:] for line in ours.splitlines()
                                    if line.startswith("PERF_EVAL"))
     ref_accs = [100 * float(acc) for _, acc in ref_rows]
