@@ -45,3 +45,19 @@ def test_the_table_labels_compiled_rows_their_cache_and_settings_lowered_with_se
     assert "ours compiled" in rows["`evaluate`"] and "inductor cache warm" in rows["`evaluate`"]
     assert "first iteration, untimed, ended after 17.5 s" in rows["`dm`"]
     assert "syn_steps 20 (published 80: lowered with --set)" in rows["`datm`"]
+
+
+def test_op_profile_gives_a_compared_method_our_side_of_the_comparison(perf_scripts, tmp_path):
+    """cafe is timed on random CIFAR-10-shaped data: its profile gets the same data, shared settings and overrides."""
+    import argparse
+
+    import op_profile
+
+    from gendistill.data.datasets import load_dataset
+
+    args = argparse.Namespace(random_per_class=5, sets=["lr_img=0.2"], experts=1, expert_epochs=1, threads=1)
+    data_root, zca, sets, what = op_profile._as_compared("cafe", tmp_path, args)
+    assert zca is None and "lr_img=0.2" in sets and "dsa=false" in sets and "init=noise" in sets
+    assert "lr_img 0.2 (published 0.1)" in what
+    assert len(load_dataset("cifar10", data_root).train) == 50
+    assert op_profile._as_compared("dm", tmp_path, args) is None  # compared on the real MNIST files

@@ -465,6 +465,19 @@ def shared_settings(comp: Comparison, sets: list[str], buffer_epochs: int | None
     return values, changed
 
 
+def train_our_buffers(comp: Comparison, out_dir: Path, data_dir: Path, threads: int, experts: int,
+                      epochs: int) -> dict[str, Any]:
+    """Our side's expert buffers for ``comp`` (``gendistill buffers`` in ``out_dir``): its wall time and command."""
+    ours = ["--quiet", "--threads", str(threads), "buffers", "--dataset", "cifar10", "--data-root", str(data_dir),
+            "--out", str(out_dir), "--experts", str(experts), "--epochs", str(epochs), "--lr", "0.01",
+            "--batch", "256", "--seed", "0", *(["--zca", "kornia"] if comp.zca else [])]
+    if comp.buffers == "gsam":
+        ours += ["--optimizer", "gsam", "--rho", "0.01", "--alpha", "0.3"]
+    start = time.perf_counter()
+    run([sys.executable, "-m", "gendistill.cli", *ours], REPO, threads)
+    return {"ours_s": time.perf_counter() - start, "ours_command": " ".join(["gendistill", *ours])}
+
+
 def make_buffers(comp: Comparison, ref_dir: Path, work: Path, data_dir: Path, threads: int, experts: int,
                  epochs: int, env: dict[str, str], reference_experts: str) -> dict:
     """Expert buffers (SGD 0.01 / GSAM rho 0.01 alpha 0.3, momentum 0, batch 256, DSA, ZCA), trained by ``gendistill
@@ -478,16 +491,8 @@ def make_buffers(comp: Comparison, ref_dir: Path, work: Path, data_dir: Path, th
     the very same trajectories. ``own`` is for a CUDA machine (where ``.cpu()`` copies).
     """
     out: dict[str, Any] = {"experts": experts, "epochs": epochs, "optimizer": comp.buffers,
-                           "reference_experts": reference_experts}
-    ours = ["--quiet", "--threads", str(threads), "buffers", "--dataset", "cifar10", "--data-root", str(data_dir),
-            "--out", str(work / "our_buffers"), "--experts", str(experts), "--epochs", str(epochs), "--lr", "0.01",
-            "--batch", "256", "--seed", "0", *(["--zca", "kornia"] if comp.zca else [])]
-    if comp.buffers == "gsam":
-        ours += ["--optimizer", "gsam", "--rho", "0.01", "--alpha", "0.3"]
-    start = time.perf_counter()
-    run([sys.executable, "-m", "gendistill.cli", *ours], REPO, threads)
-    out["ours_s"] = time.perf_counter() - start
-    out["ours_command"] = " ".join(["gendistill", *ours])
+                           "reference_experts": reference_experts,
+                           **train_our_buffers(comp, work / "our_buffers", data_dir, threads, experts, epochs)}
     # the reference's expert folder: <buffer_path>/CIFAR10[_NO_ZCA]/ConvNet
     expert_dir = work / "ref_buffers" / ("CIFAR10" if comp.zca else "CIFAR10_NO_ZCA") / "ConvNet"
     if reference_experts == "ours":
