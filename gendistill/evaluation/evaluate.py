@@ -99,8 +99,8 @@ class EvalResult:
 
 
 
-def _teacher(protocol: EvalProtocol, train: RealDataset | None, test: RealDataset, device: Any
-             ) -> tuple[nn.Module, dict[str, Any]]:
+def _teacher(protocol: EvalProtocol, train: RealDataset | None, test: RealDataset, device: Any,
+             progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """The protocol's teacher: ``protocol.teacher`` trained on the full real training split, cached like the
     set-quality report's network (its own seed, so it is not that network)."""
     from gendistill.evaluation.features import FeatureSpec, cached_feature_network
@@ -112,7 +112,7 @@ def _teacher(protocol: EvalProtocol, train: RealDataset | None, test: RealDatase
         raise GendistillError(f"the teacher's training split ({train.name}) is not the test split's dataset "
                               f"({test.name})")
     spec = FeatureSpec(model=protocol.teacher, epochs=protocol.teacher_epochs, device=str(device))
-    net, record = cached_feature_network(train, spec, derive_seed(0, "teacher", protocol.teacher))
+    net, record = cached_feature_network(train, spec, derive_seed(0, "teacher", protocol.teacher), progress=progress)
     for p in net.parameters():
         p.requires_grad_(False)
     return net, record
@@ -234,7 +234,7 @@ def evaluate(
         proto = dataclasses.replace(proto, resize_crop=test.image_shape[-1])
     teacher = teacher_record = None
     if proto.teacher:
-        teacher, teacher_record = _teacher(proto, train, test, device)
+        teacher, teacher_record = _teacher(proto, train, test, device, progress)
     elif synset.soft and synset.meta.get("kip_label_space") == "centred" and proto.label_loss != "mse":
         # KIP's learned labels are regression targets (about one-hot - 1/C), not logits: a softmax of them would give
         # the true class 0.23 with 10 classes and 0.03 with 100. Train on them with MSE, as the KIP papers do.
