@@ -104,6 +104,9 @@ def test_reference_network_is_cached_on_disk(tiny_train, tmp_path):
     other, rec3 = features.cached_feature_network(tiny_train, TINY_SPEC, 7, cache_dir=tmp_path / "c")
     assert rec3["seed"] == 7 and "saved" in rec3["cache"] and not torch.allclose(other(x), net(x))
     assert len(list((tmp_path / "c").glob("*.safetensors"))) == 2  # one file per seed
+    features.cached_feature_network(tiny_train, TINY_SPEC, 8, cache_dir=tmp_path / "c", role="teacher-convnet")
+    assert sorted(p.name.split("-" + tiny_train.name)[0] for p in (tmp_path / "c").glob("*.safetensors")) == [
+        "reference", "seed7", "teacher-convnet-seed8"]  # a file says what it holds
 
 
 def test_metrics_cli_end_to_end(data_env, tmp_path, capsys):

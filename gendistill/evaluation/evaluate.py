@@ -112,7 +112,8 @@ def _teacher(protocol: EvalProtocol, train: RealDataset | None, test: RealDatase
         raise GendistillError(f"the teacher's training split ({train.name}) is not the test split's dataset "
                               f"({test.name})")
     spec = FeatureSpec(model=protocol.teacher, epochs=protocol.teacher_epochs, device=str(device))
-    net, record = cached_feature_network(train, spec, derive_seed(0, "teacher", protocol.teacher), progress=progress)
+    net, record = cached_feature_network(train, spec, derive_seed(0, "teacher", protocol.teacher), progress=progress,
+                                         role=f"teacher-{protocol.teacher}")
     for p in net.parameters():
         p.requires_grad_(False)
     return net, record

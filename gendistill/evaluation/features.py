@@ -117,11 +117,11 @@ def dataset_features(train: RealDataset, spec: FeatureSpec, seed: int, progress:
     return embed(net, train.images(), device=spec.device, progress=progress)
 
 
-def _cache_file(train: RealDataset, spec: FeatureSpec, seed: int, cache_dir: Path) -> Path:
+def _cache_file(train: RealDataset, spec: FeatureSpec, seed: int, cache_dir: Path, role: str = "") -> Path:
     key = json.dumps({"dataset": train.name, "shape": list(train.image_shape), "classes": train.num_classes,
                       "n": len(train), "space": train.preprocessing.describe(), "recipe": spec.recipe(),
                       "seed": seed}, sort_keys=True, default=str)
-    prefix = "reference" if seed == REFERENCE_SEED else f"seed{seed}"
+    prefix = "reference" if seed == REFERENCE_SEED else f"{role + '-' if role else ''}seed{seed}"
     return cache_dir / f"{prefix}-{train.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
 
 
@@ -157,9 +157,10 @@ def reference_network(train: RealDataset, *, spec: FeatureSpec = REFERENCE_RECIP
 
 
 def cached_feature_network(train: RealDataset, spec: FeatureSpec, seed: int, *, cache_dir: Path | None = None,
-                           progress: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+                           progress: bool = False, role: str = "") -> tuple[torch.nn.Module, dict[str, Any]]:
     """:func:`feature_network` of a ``trained`` spec, trained once per (dataset, recipe, seed) and cached on disk in
-    ``cache_dir`` (default :func:`default_cache_dir`) and in memory for the process; returns it and its record."""
+    ``cache_dir`` (default :func:`default_cache_dir`) and in memory for the process; returns it and its record.
+    ``role`` (e.g. ``teacher-convnet``) starts the cache file's name, so that a user can tell the files apart."""
     from safetensors.torch import load_file, save_file
 
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(train)
@@ -170,7 +171,7 @@ def cached_feature_network(train: RealDataset, spec: FeatureSpec, seed: int, *, 
            str(cache_dir), id(train) if cache_dir is None else 0)
     if key in _MEMORY:
         return _MEMORY[key], {**record, "cache": "memory"}
-    path = _cache_file(train, spec, seed, cache_dir) if cache_dir is not None else None
+    path = _cache_file(train, spec, seed, cache_dir, role) if cache_dir is not None else None
     if path is not None and path.is_file():
         net = create_network(spec.model, c, train.num_classes, h, seed=0)
         net.load_state_dict(load_file(str(path)))

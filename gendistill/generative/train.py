@@ -377,7 +377,7 @@ def _minimax_space(backbone: Backbone, train: RealDataset, spec: TrainSpec, seed
     from gendistill.evaluation.features import FeatureSpec, cached_feature_network
 
     net, record = cached_feature_network(train, FeatureSpec(device=str(device)),
-                                         derive_seed(seed, "minimax-feature-space"))
+                                         derive_seed(seed, "minimax-feature-space"), role="minimax-space")
     for p in net.parameters():
         p.requires_grad_(False)
     backbone.info["minimax_feature_network"] = record
