@@ -11,7 +11,12 @@ reported apart); the frozen-feature pass (``features.embed``) on 10,000 images, 
 the test pass of ``split_accuracy`` on 10,000 MNIST-sized images in whole batches of 100 against cache-sized row
 blocks (``gendistill.nn.blocking``, current); and one
 `dsa` evaluation of two networks (random MNIST-sized images, IPC 10, 20 epochs, 100 test images) trained one after
-the other (current CPU default) against the vmapped ensemble (``torch.func.stack_module_state``).
+the other (current CPU default) against the vmapped ensemble (``torch.func.stack_module_state``). ``--batching``
+measures the batching ideas on one DM iteration's real side (10 classes x 256 MNIST-sized images, 10 synthetic per
+class): siamese DSA drawn and applied once per class, as the reference loops over classes, against one draw for all
+classes applied to the whole batch (current); the frozen ConvNet-3 embedding per class against one forward of all
+2560 images and against cache-sized row blocks (current); and drawing those 2560 images from a 60,000-image split
+held normalised in memory (current, under ``CACHE_LIMIT_BYTES``) against converting the drawn uint8 pixels each time.
 """
 
 from __future__ import annotations
@@ -163,12 +168,67 @@ def ensemble_arms() -> dict[str, Callable[[], None]]:
             for mode in ("sequential", "batched")}
 
 
+def dsa_batching_arms() -> dict[str, Callable[[], None]]:
+    from gendistill.nn.augment import DSA
+
+    dsa = DSA.for_dataset(flip_ok=False)
+    g = torch.Generator().manual_seed(0)
+    real, syn = torch.randn(2560, 1, 28, 28, generator=g), torch.randn(100, 1, 28, 28, generator=g)
+
+    def per_class() -> None:
+        gen = torch.Generator().manual_seed(1)
+        for c in range(10):
+            draw = dsa.draw(1, 28, gen)
+            dsa.apply(real[c * 256:(c + 1) * 256], draw, torch.zeros(256, dtype=torch.long))
+            dsa.apply(syn[c * 10:(c + 1) * 10], draw, torch.zeros(10, dtype=torch.long))
+
+    def whole_batch() -> None:
+        gen = torch.Generator().manual_seed(1)
+        draw = dsa.draw_siamese(10, 28, gen)
+        dsa.apply(real, draw, torch.arange(10).repeat_interleave(256))
+        dsa.apply(syn, draw, torch.arange(10).repeat_interleave(10))
+    return {"per_class": per_class, "whole_batch": whole_batch}
+
+
+def embed_batching_arms() -> dict[str, Callable[[], None]]:
+    from gendistill.nn.blocking import block_rows, forward_in_blocks
+
+    net = create_network("convnet", 1, 10, 28, seed=0).train()  # DM embeds in train mode, weights frozen
+    real = torch.randn(2560, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+    def run(mode: str) -> None:
+        with torch.inference_mode():
+            if mode == "per_class":
+                for xb in real.split(256):
+                    net.embed(xb)
+            elif mode == "one_forward":
+                net.embed(real)
+            else:
+                forward_in_blocks(net.embed, real, block_rows(net, real))
+    return {mode: (lambda mode=mode: run(mode)) for mode in ("per_class", "one_forward", "row_blocks")}
+
+
+def held_normalised_arms() -> dict[str, Callable[[], None]]:
+    train = _random_split(60_000, 0, "train")
+    train.images()  # builds the normalised copy (current)
+    gen = torch.Generator().manual_seed(0)
+
+    def held() -> None:
+        train.images(train.sample_indices(256, gen).reshape(-1))
+
+    def convert() -> None:
+        train.preprocessing.apply(train.pixels[train.sample_indices(256, gen).reshape(-1)])
+    return {"held_normalised": held, "convert_each_draw": convert}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", default=None)
     ap.add_argument("--more", action="store_true", help="only the second set of ideas (compile, test batch, ensemble)")
+    ap.add_argument("--batching", action="store_true",
+                    help="only the batching ideas (whole-batch DSA, one forward for all classes, held normalised)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
@@ -176,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
                platform.processor())
     result = {"threads": args.threads, "rounds": args.rounds, "torch": torch.__version__,
               "machine": {"cpu": cpu, "avx512_bf16": "avx512_bf16" in info}, "ideas": {}}
-    if args.more:
+    if args.batching:
+        result["ideas"]["dsa_siamese_dm_batch_s"] = interleaved(dsa_batching_arms(), args.rounds)
+        result["ideas"]["embed_2560_s"] = interleaved(embed_batching_arms(), args.rounds)
+        result["ideas"]["draw_2560_of_60k_s"] = interleaved(held_normalised_arms(), args.rounds)
+    elif args.more:
         arms, compile_s = compile_arms()
         result["ideas"]["train_step_convnet_compile_s"] = {**interleaved(arms, args.rounds),
                                                            "first_compiled_call_s": compile_s}
