@@ -238,3 +238,16 @@ def test_siamese_group_draw_is_differentiable():
     x = torch.randn(8, 1, 8, 8, requires_grad=True)
     dsa.apply(x, draw, torch.arange(4).repeat_interleave(2)).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_siamese_group_draw_gradient_is_each_class_applied_alone():
+    dsa = DSA("color_crop_cutout_scale_rotate")
+    draw = dsa.draw_siamese(6, 8, make_generator(5))
+    x = torch.randn(6, 1, 8, 8, requires_grad=True)
+    w = torch.randn(6, 1, 8, 8)
+    (dsa.apply(x, draw, torch.arange(6)) * w).sum().backward()
+    for c in range(6):
+        xc = x.detach()[c : c + 1].clone().requires_grad_()
+        family = list(draw.draws)[int(draw.family_of_group[c])]
+        (dsa.apply(xc, draw.draws[family], torch.tensor([c])) * w[c : c + 1]).sum().backward()
+        assert torch.allclose(x.grad[c : c + 1], xc.grad, atol=1e-6)

@@ -157,13 +157,15 @@ class DSA:
         if isinstance(draw, GroupDraw):
             groups = torch.arange(x.shape[0]) if groups is None else groups.cpu()
             row_family = draw.family_of_group[groups]
-            out = x
+            # every row has its group's family, so each row is written exactly once: filled in place rather than
+            # copying the whole batch once per family (differentiable: autograd records the in-place copies)
+            out = torch.empty_like(x)
             for k, sub_draw in enumerate(draw.draws.values()):
                 rows = (row_family == k).nonzero().view(-1)
                 if rows.numel() == 0:
                     continue
                 rows_dev = rows.to(x.device)
-                out = out.index_copy(0, rows_dev, self.apply(x.index_select(0, rows_dev), sub_draw, groups[rows]))
+                out.index_copy_(0, rows_dev, self.apply(x.index_select(0, rows_dev), sub_draw, groups[rows]))
             return out
         if draw.family == "none":
             return x
