@@ -51,3 +51,33 @@ def test_bad_override_syntax_and_missing_file(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(Outer, bad)
+
+
+def test_extends_merges_the_parent_file_under_the_child(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "root.yaml").write_text("name: root\nflag: true\ninner:\n  epochs: 7\n  lr: 0.3\n")
+    (tmp_path / "mid.yaml").write_text("extends: base/root.yaml\ninner:\n  lr: 0.2\n")
+    (tmp_path / "leaf.yaml").write_text("extends: mid.yaml\nname: leaf\n")
+    cfg = load_config(Outer, tmp_path / "leaf.yaml", overrides=["inner.epochs=9"])
+    assert cfg == Outer(name="leaf", flag=True, inner=Inner(epochs=9, lr=0.2))
+
+
+@pytest.mark.parametrize("text, match", [("extends: nothere.yaml\n", "does not exist"),
+                                         ("extends: a.yaml\n", "cycle"), ("extends: 3\n", "must name")])
+def test_extends_errors_are_one_line(tmp_path, text, match):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=match) as exc:
+        load_config(Outer, tmp_path / "a.yaml")
+    assert "\n" not in str(exc.value)
+
+
+def test_mnist_cpu_presets_change_only_the_guidance():
+    """MNIST's `cpu` preset of dit/minimax is cpu.yaml at guidance 1 (measured); Fashion-MNIST keeps guidance 4."""
+    from gendistill.presets import resolve_config
+
+    for method in ("dit", "minimax"):
+        mnist = dataclasses.asdict(resolve_config(method, "mnist", 10, preset="cpu"))
+        fashion = dataclasses.asdict(resolve_config(method, "fashion_mnist", 10, preset="cpu"))
+        assert (mnist.pop("cfg_scale"), fashion.pop("cfg_scale")) == (1.0, 4.0)
+        assert mnist == fashion

@@ -2,7 +2,9 @@
 
 ``load_config(cls, *sources, overrides=[...])`` merges plain dicts / YAML files in order, applies dotted
 overrides (``--set lr_img=0.1 --set eval.epochs=50``), and builds ``cls`` strictly: an unknown key, a value of
-the wrong type or a missing YAML file is a one-line :class:`~gendistill.errors.ConfigError`.
+the wrong type or a missing YAML file is a one-line :class:`~gendistill.errors.ConfigError`. A config file may
+start from another one with ``extends: OTHER.yaml`` (a path relative to the file; its own keys win), so a
+per-dataset preset states only what it changes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import yaml
 
 from gendistill.utils.errors import ConfigError
 
-__all__ = ["config_to_dict", "from_dict", "load_config", "parse_overrides", "read_yaml"]
+__all__ = ["config_to_dict", "from_dict", "load_config", "parse_overrides", "read_config_yaml", "read_yaml"]
 
 T = TypeVar("T")
 
@@ -40,6 +42,23 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of key: value, not {type(data).__name__}")
     return data
+
+
+def read_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a config file, first merging the file its ``extends:`` key names (relative to it; chains allowed)."""
+    path = Path(path)
+    data = read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"config file {path}: extends must name another YAML file, got {parent!r}")
+    base = path.parent / parent
+    if base.resolve() in _seen or base.resolve() == path.resolve():
+        raise ConfigError(f"config file {path}: extends {parent!r} forms a cycle; make one file the root")
+    if not base.is_file():
+        raise ConfigError(f"config file {path}: extends {parent!r}, but {base} does not exist; fix the name")
+    return _merge(read_config_yaml(base, (*_seen, path.resolve())), data)
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -181,7 +200,7 @@ def load_config(
     for source in sources:
         if source is None:
             continue
-        data = source if isinstance(source, dict) else read_yaml(source)
+        data = source if isinstance(source, dict) else read_config_yaml(source)
         merged = _merge(merged, data)
     merged = _merge(merged, parse_overrides(overrides))
     return from_dict(cls, merged)
