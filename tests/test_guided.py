@@ -140,6 +140,15 @@ def test_deviation_term_is_the_cosine_gradient_toward_the_most_similar_memory_en
     assert torch.allclose(d.flatten(), expected, atol=1e-10)
     assert torch.equal(InfluenceGuide(None, tiny_train, net, snaps, targets, torch.tensor([4]), memory, None,
                                       cfg)._deviation(x), torch.zeros_like(x))  # an empty class memory: no term
+    # one batch mixing a full, an empty and a one-entry memory: each row as if it were alone
+    memory[6] = [x[0] + 0.5]
+    batch = torch.cat([x, torch.randn(2, 1, 4, 4, dtype=torch.float64)])
+    mixed = InfluenceGuide(None, tiny_train, net, snaps, targets, torch.tensor([3, 4, 6]), memory, None,
+                           cfg)._deviation(batch)
+    for i, label in enumerate([3, 4, 6]):
+        alone = InfluenceGuide(None, tiny_train, net, snaps, targets, torch.tensor([label]), memory, None, cfg)
+        assert torch.allclose(mixed[i:i + 1], alone._deviation(batch[i:i + 1]), atol=1e-12)
+    assert torch.equal(mixed[1], torch.zeros_like(mixed[1]))
 
 
 @pytest.mark.parametrize("name,cls", [("mgd3", MGD3Distiller), ("igd", IGDDistiller)])

@@ -226,7 +226,7 @@ def surrogate_snapshots(train: RealDataset, cfg: IGDConfig, seed: int, progress:
                              extra_pass=True)  # epochs + 1 = one pass
     for epoch in range(1, (wanted[-1] if wanted else 0) + 1):
         train_network(net, train.images(), train.labels, one_epoch, gen, flip_ok=train.flip_ok, device=cfg.device,
-                      progress=False, desc=f"IGD surrogate epoch {epoch}")
+                      progress=progress, desc=f"IGD surrogate epoch {epoch}/{wanted[-1]}")
         if epoch in wanted:
             snaps[epoch] = _flat_params(net)
     if path is not None:
@@ -247,9 +247,15 @@ class InfluenceGuide:
         self.labels, self.memory, self.model, self.cfg = labels, memory, model, cfg
 
     def _influence(self, x: torch.Tensor, t: torch.Tensor, chain: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """``G`` (gradient of the influence loss with respect to ``x_t``) and the guided epsilon."""
-        from torch.func import functional_call
+        """``G`` (gradient of the influence loss with respect to ``x_t``) and the guided epsilon. The per-sample
+        surrogate gradients of a snapshot are taken for the whole batch at once (``torch.func.vmap`` of
+        ``torch.func.grad``), with the graph kept back to ``x_t``."""
+        from torch.func import functional_call, grad, vmap
 
+        def sample_loss(params: dict[str, torch.Tensor], image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(functional_call(self.net, params, (image.unsqueeze(0),)), label.unsqueeze(0))
+
+        per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             out = self.model(x, chain.timestep_map.to(x.device)[t]).to(x.dtype)
@@ -259,33 +265,34 @@ class InfluenceGuide:
             images = self.train.preprocessing.apply(resize_pixels(pixels, self.train.image_shape[-1], clamp=False))
             loss = x.new_zeros(())
             for params, target in zip(self.snapshots, self.targets, strict=True):
-                names = list(params)
-                theta = [params[n].detach().requires_grad_(True) for n in names]
-                for i in range(len(images)):
-                    ce = F.cross_entropy(functional_call(self.net, dict(zip(names, theta, strict=True)),
-                                                         (images[i:i + 1],)), self.labels[i:i + 1])
-                    grads = torch.autograd.grad(ce, theta, create_graph=True)
-                    g = torch.cat([gr.flatten() for gr in grads])
-                    ref = target[int(self.labels[i])]
-                    loss = loss + 1.0 - torch.dot(g, ref) / (g.norm() * ref.norm() + 1e-6)
+                grads = per_sample_grads({k: v.detach() for k, v in params.items()}, images, self.labels)
+                g = torch.cat([gr.flatten(1) for gr in grads.values()], dim=1)  # [B, P]
+                ref = target[self.labels]
+                loss = loss + (1.0 - (g * ref).sum(1) / (g.norm(dim=1) * ref.norm(dim=1) + 1e-6)).sum()
             loss = loss / len(self.snapshots)
-            grad = torch.autograd.grad(loss, x)[0]
-        return grad.detach(), eps.detach()
+            influence = torch.autograd.grad(loss, x)[0]
+        return influence.detach(), eps.detach()
 
     def _deviation(self, x: torch.Tensor) -> torch.Tensor:
-        """``grad_x cos(x, m*)`` per image, ``m*`` its most similar earlier sample of the class (0 if none)."""
-        out = torch.zeros_like(x)
-        for i, label in enumerate(self.labels.tolist()):
-            if not self.memory[label]:
-                continue
-            bank = torch.stack(self.memory[label]).to(x).flatten(1)
-            v = x[i].flatten()
-            cos = bank @ v / (bank.norm(dim=1) * v.norm() + 1e-12)
-            m = bank[int(cos.argmax())]
-            c = float(cos.max())
-            grad = m / (m.norm() * v.norm() + 1e-12) - c * v / (v.norm() ** 2 + 1e-12)
-            out[i] = grad.view_as(x[i])
-        return out
+        """``grad_x cos(x, m*)`` per image, ``m*`` its most similar earlier sample of the class (0 if none); the
+        batch's memories are padded to one ``[B, M, D]`` bank."""
+        banks = [self.memory[label] for label in self.labels.tolist()]
+        size = max((len(b) for b in banks), default=0)
+        if size == 0:
+            return torch.zeros_like(x)
+        v = x.flatten(1)
+        bank = v.new_zeros(len(banks), size, v.shape[1])
+        present = torch.zeros(len(banks), size, dtype=torch.bool, device=x.device)
+        for i, entries in enumerate(banks):
+            if entries:
+                bank[i, :len(entries)] = torch.stack(entries).to(v).flatten(1)
+                present[i, :len(entries)] = True
+        v_norm = v.norm(dim=1, keepdim=True)
+        cos = torch.einsum("bmd,bd->bm", bank, v) / (bank.norm(dim=2) * v_norm + 1e-12)
+        c, best = cos.masked_fill(~present, -torch.inf).max(dim=1)
+        m = bank[torch.arange(len(banks), device=x.device), best]
+        out = m / (m.norm(dim=1, keepdim=True) * v_norm + 1e-12) - c.unsqueeze(1) * v / (v_norm ** 2 + 1e-12)
+        return torch.where(present.any(dim=1, keepdim=True), out, 0.0).view_as(x)  # an empty memory: no term
 
     def __call__(self, *, index: int, x: torch.Tensor, x_next: torch.Tensor, chain: Any, **_: Any) -> torch.Tensor:
         cfg = self.cfg
