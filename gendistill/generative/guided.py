@@ -340,6 +340,8 @@ class IGDDistiller(_GuidedDistiller):
 
     def generate_images(self, backbone: Backbone, train: RealDataset, ipc: int, seed: int, progress: bool
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from tqdm.auto import tqdm
+
         from gendistill.generative.sample import guided_model
 
         cfg: IGDConfig = self.config
@@ -355,7 +357,9 @@ class IGDDistiller(_GuidedDistiller):
         backbone.to(cfg.device)
         images = torch.empty(len(labels_all), backbone.image_channels, backbone.image_size, backbone.image_size)
         classes = torch.arange(train.num_classes)
-        for k in range(ipc):  # one image per class at a time: each sees every earlier sample of its class
+        rounds = tqdm(range(ipc), desc="IGD sampling (one image per class a round)", unit="round",
+                      disable=not progress)
+        for k in rounds:  # one image per class at a time: each sees every earlier sample of its class
             rows = classes * ipc + k
             labels = labels_all[rows]
             model_labels = class_ids[labels].to(cfg.device)
