@@ -199,3 +199,10 @@ def test_imagenet_subset_presets_guide_the_minimax_reference_backbone_with_the_a
     assert (mgd3.mode_lambda, mgd3.mode_stop) == (0.1, 25)
     assert (igd.igd_gm_scale, igd.igd_dev_scale, igd.igd_low, igd.igd_high) == (5.0, 120.0, 30, 45)
     assert (igd.igd_model, igd.igd_epochs, igd.igd_checkpoints) == ("convnet_d6", 50, [0, 5, 16, 40])
+
+
+def test_igd_cpu_preset_scales_the_deviation_strength_to_28px_images():
+    """The authors' gamma 120 acts on 4x32x32 latent values; the cpu preset gives 28x28 pixels the same push."""
+    cfg = resolve_config("igd", "fashion_mnist", 10, preset="cpu")
+    assert cfg.igd_dev_scale == pytest.approx(120.0 * 28 * 28 / (4 * 32 * 32), abs=0.1)
+    assert resolve_config("igd", "imagewoof", 10).igd_dev_scale == 120.0  # the published preset keeps the authors'
