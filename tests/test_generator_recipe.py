@@ -214,6 +214,10 @@ def test_paper_scale_smoke_script_runs_the_imagewoof_preset_at_tiny_width(tmp_pa
                                    str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["params_trainable"] < report["params_total"] and report["finetune_step_s"] > 0
+    # the same DiffFit rule at tiny width as at full size, where it counts the reference's 1.74 M of 675 M
+    assert report["params_trainable"] == report["trainable_expected"] == \
+        paper_scale_smoke.difffit_subset_size(paper_scale_smoke.TINY_DIT)
+    assert paper_scale_smoke.difffit_subset_size(paper_scale_smoke.DIT_XL_2_256) == 1_739_552
     assert report["sample_s_per_image"] > 0 and report["latent_shape"] == [4, 8, 8]
     full = paper_scale_smoke.DIT_XL_2_256  # the public DiT-XL/2-256 configuration, written out
     assert (full["num_layers"], full["num_attention_heads"] * full["attention_head_dim"], full["patch_size"]) == \

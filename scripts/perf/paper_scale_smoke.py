@@ -45,6 +45,20 @@ TINY_VAE = {**SD_VAE, "down_block_types": ("DownEncoderBlock2D",) * 2, "up_block
 REFERENCE_TRAINABLE = 1.74e6  # Minimax's DiffFit subset of DiT-XL/2 (README and paper)
 
 
+def difffit_subset_size(config: dict) -> int:
+    """The DiffFit subset's size for a DiT configuration, counted by hand (1,739,552 for DiT-XL/2-256).
+
+    Per block: the q/k/v, output, both MLP and adaLN-Zero (6 x width) biases, 15 x width in all; DiffFit's scales
+    (qkv 3 x width, output, attention and MLP branch) on the first half of the blocks; once: the patch projection's
+    and the timestep MLP's biases, the class table (classes + 1 for the null label), the final adaLN and output biases.
+    """
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    blocks, patch = config["num_layers"], config["patch_size"]
+    out_channels = config.get("out_channels") or config["in_channels"]
+    return (blocks * 15 * width + blocks // 2 * 6 * width + 3 * width + (config["num_embeds_ada_norm"] + 1) * width
+            + 2 * width + patch * patch * out_channels)
+
+
 def build(tiny: bool, device: str) -> Backbone:
     from diffusers import AutoencoderKL, DiTTransformer2DModel
 
@@ -86,12 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     names = set(trainable_parameter_names(net, config.trainable))
     trainable = sum(p.numel() for n, p in net.named_parameters() if n in names)
     report = {"device": args.device, "tiny": args.tiny, "params_total": total, "params_trainable": trainable,
-              "trainable_reference": REFERENCE_TRAINABLE, "batch": args.batch, "steps": args.steps,
+              "trainable_reference": REFERENCE_TRAINABLE,
+              "trainable_expected": difffit_subset_size(TINY_DIT if args.tiny else DIT_XL_2_256),
+              "batch": args.batch, "steps": args.steps,
               "image_size": backbone.image_size, "latent_shape": list(backbone.latent_shape)}
     if not args.tiny:
         assert abs(total - 675e6) / 675e6 < 0.01, f"DiT-XL/2 should have about 675 M parameters, got {total}"
         assert abs(trainable - REFERENCE_TRAINABLE) / REFERENCE_TRAINABLE < 0.02, \
             f"the DiffFit subset should be about 1.74 M parameters, got {trainable}"
+    assert trainable == report["trainable_expected"], \
+        f"the trainable subset has {trainable} parameters, the DiffFit rule gives {report['trainable_expected']}"
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
 
