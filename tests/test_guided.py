@@ -151,6 +151,27 @@ def test_deviation_term_is_the_cosine_gradient_toward_the_most_similar_memory_en
     assert torch.equal(mixed[1], torch.zeros_like(mixed[1]))
 
 
+def test_centred_deviation_is_the_gradient_of_the_cosine_around_the_real_mean(tiny_train, influence):
+    cfg, net, snaps, targets = influence
+    torch.manual_seed(1)
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    mu = torch.randn(1, 4, 4, dtype=torch.float64) - 1.0
+    memory = [[] for _ in range(10)]
+    memory[3] = [torch.randn(1, 4, 4, dtype=torch.float64), x[0] + 0.2]
+    memory[5] = [torch.randn(1, 4, 4, dtype=torch.float64)]
+    abar = torch.tensor([0.3, 0.8], dtype=torch.float64)
+    guide = InfluenceGuide(None, tiny_train, net, snaps, targets, torch.tensor([3, 5]), memory, None, cfg, mu)
+    d = guide._deviation(x, abar)
+    for i, label in enumerate([3, 5]):
+        v = x[i].flatten().clone().requires_grad_(True)
+        cos = torch.stack([torch.nn.functional.cosine_similarity(v - abar[i].sqrt() * mu.flatten(),
+                                                                 (m - mu).flatten(), dim=0) for m in memory[label]])
+        (expected,) = torch.autograd.grad(cos.max(), v)  # the most similar entry, around the mean
+        assert torch.allclose(d[i].flatten(), expected, atol=1e-10)
+    plain = InfluenceGuide(None, tiny_train, net, snaps, targets, torch.tensor([3, 5]), memory, None, cfg)
+    assert not torch.allclose(plain._deviation(x, abar), d)  # the centring changes the term
+
+
 @pytest.mark.parametrize("name,cls", [("mgd3", MGD3Distiller), ("igd", IGDDistiller)])
 def test_guided_methods_run_on_the_base_and_on_a_minimax_finetuned_model(tiny_train, tmp_path, name, cls):
     from gendistill.generative.method import pretrain

@@ -18,6 +18,9 @@
   ``x_{t-1} -= igd_dev_scale * D + rho_t * igd_gm_scale * G``. Defaults: the authors' plain-DiT script (k 5,
   gamma 120; their Minimax script: 10 and 100).
 
+Labelled extension (off by default): ``igd_dev_centered`` centres the deviation cosine on the real images' mean
+encoding (see :class:`IGDConfig`).
+
 Labelled deviations: MGD3's real encodings are not randomly flipped; IGD's surrogate is the dataset protocol's
 network (ConvNet-3 for 28-32 px; the authors use ConvNet-6 at 256 px) trained by this package's recipe (SGD 0.01,
 momentum 0.9, batch 256, no augmentation) for ``igd_epochs``; IGD samples one image per class at a time (the
@@ -158,6 +161,10 @@ class IGDConfig(MinimaxConfig):
         igd_model: the surrogate network ("" = the dataset protocol's ConvNet).
         igd_epochs: surrogate training epochs (the authors: 50).
         igd_checkpoints: surrogate epochs whose snapshots give the influence terms (ImageWoof: 0, 5, 16, 40).
+        igd_dev_centered: extension (off in the faithful path): the deviation cosine between ``x_t - sqrt(abar_t) mu``
+            and ``m - mu``, ``mu`` the mean model-space encoding of the target gradients' real images (all classes),
+            so a background every image shares (the -1 border of pixel-space MNIST) stops dominating it - the
+            centring of ``minimax_centered``.
         finetune: run Minimax fine-tuning first and guide the fine-tuned model (the authors' "IGD on Minimax").
     """
 
@@ -170,6 +177,7 @@ class IGDConfig(MinimaxConfig):
     igd_model: str = ""
     igd_epochs: int = budget_field(50)
     igd_checkpoints: list[int] = dataclasses.field(default_factory=lambda: [0, 5, 16, 40])
+    igd_dev_centered: bool = False
     finetune: bool = False
 
     def __post_init__(self) -> None:
@@ -242,9 +250,9 @@ class InfluenceGuide:
 
     def __init__(self, backbone: Backbone, train: RealDataset, net: torch.nn.Module,
                  snapshots: list[dict[str, torch.Tensor]], targets: list[torch.Tensor], labels: torch.Tensor,
-                 memory: list[torch.Tensor], model: Any, cfg: IGDConfig) -> None:
+                 memory: list[torch.Tensor], model: Any, cfg: IGDConfig, center: torch.Tensor | None = None) -> None:
         self.backbone, self.train, self.net, self.snapshots, self.targets = backbone, train, net, snapshots, targets
-        self.labels, self.memory, self.model, self.cfg = labels, memory, model, cfg
+        self.labels, self.memory, self.model, self.cfg, self.center = labels, memory, model, cfg, center
 
     def _influence(self, x: torch.Tensor, t: torch.Tensor, chain: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``G`` (gradient of the influence loss with respect to ``x_t``) and the guided epsilon. The per-sample
@@ -273,20 +281,28 @@ class InfluenceGuide:
             influence = torch.autograd.grad(loss, x)[0]
         return influence.detach(), eps.detach()
 
-    def _deviation(self, x: torch.Tensor) -> torch.Tensor:
+    def _deviation(self, x: torch.Tensor, abar: torch.Tensor | None = None) -> torch.Tensor:
         """``grad_x cos(x, m*)`` per image, ``m*`` its most similar earlier sample of the class (0 if none); the
-        batch's memories are padded to one ``[B, M, D]`` bank."""
+        batch's memories are padded to one ``[B, M, D]`` bank. With a ``center`` ``mu`` (``igd_dev_centered``):
+        ``grad_x cos(x - sqrt(abar) mu, m* - mu)``, ``abar`` ``[B]`` the step's signal level."""
         banks = [self.memory[label] for label in self.labels.tolist()]
         size = max((len(b) for b in banks), default=0)
         if size == 0:
             return torch.zeros_like(x)
         v = x.flatten(1)
+        if self.center is not None:
+            mu = self.center.to(v).flatten()
+            scale = torch.ones(len(v), 1, dtype=v.dtype, device=v.device) if abar is None else \
+                abar.to(v).sqrt().view(-1, 1)
+            v = v - scale * mu
         bank = v.new_zeros(len(banks), size, v.shape[1])
         present = torch.zeros(len(banks), size, dtype=torch.bool, device=x.device)
         for i, entries in enumerate(banks):
             if entries:
                 bank[i, :len(entries)] = torch.stack(entries).to(v).flatten(1)
                 present[i, :len(entries)] = True
+        if self.center is not None:
+            bank = bank - mu
         v_norm = v.norm(dim=1, keepdim=True)
         cos = torch.einsum("bmd,bd->bm", bank, v) / (bank.norm(dim=2) * v_norm + 1e-12)
         c, best = cos.masked_fill(~present, -torch.inf).max(dim=1)
@@ -304,7 +320,7 @@ class InfluenceGuide:
         abar = chain.alphas_cumprod.to(x.device)[t].float()
         rho = 0.0015 * rms(eps) / rms(grad).clamp_min(1e-12) * (1.0 - abar).sqrt()
         shape = (-1, *([1] * (x.dim() - 1)))
-        return x_next - cfg.igd_dev_scale * self._deviation(x) - (rho * cfg.igd_gm_scale).view(shape) * grad
+        return x_next - cfg.igd_dev_scale * self._deviation(x, abar) - (rho * cfg.igd_gm_scale).view(shape) * grad
 
 
 def real_gradients(net: torch.nn.Module, snapshots: list[dict[str, torch.Tensor]], train: RealDataset, per_class: int,
@@ -350,6 +366,11 @@ class IGDDistiller(_GuidedDistiller):
         class_ids = resolve_class_ids(backbone, train, cfg.class_ids or backbone.info.get("class_ids"))
         net, snapshots = surrogate_snapshots(train, cfg, seed, progress)
         targets = real_gradients(net, snapshots, train, cfg.igd_grad_ipc)
+        center = None
+        if cfg.igd_dev_centered:  # the mean encoding of the target gradients' real images
+            rows = torch.cat([(train.labels == c).nonzero().squeeze(1)[:cfg.igd_grad_ipc]
+                              for c in range(train.num_classes)])
+            center = _real_encodings(backbone, train, rows).mean(0).to(cfg.device)
         for p in net.parameters():
             p.requires_grad_(False)
         labels_all, seeds_all = self._ordered(train, ipc, seed)
@@ -368,7 +389,7 @@ class IGDDistiller(_GuidedDistiller):
                 model = guided_model(backbone, model_labels, cfg.cfg_scale, cfg.cfg_channels,
                                      (cfg.cfg_interval[0], cfg.cfg_interval[1]))
                 return InfluenceGuide(backbone, train, net, snapshots, targets, labels.to(cfg.device), memory, model,
-                                      cfg)
+                                      cfg, center)
 
             latents = sample_images(backbone, class_ids[labels], seeds_all[rows], steps=cfg.sample_steps,
                                     cfg_scale=cfg.cfg_scale, guided_channels=cfg.cfg_channels,
