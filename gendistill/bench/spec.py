@@ -98,7 +98,9 @@ class BenchSpec:
         cpus_per_cell: CPUs a cell asks Ray for.
         gpus_per_cell: GPUs a cell asks Ray for.
         device: where cells run (``cpu``, ``cuda``).
-        checkpoint_every: distillation iterations between checkpoints.
+        checkpoint_every: distillation iterations between checkpoints. A generative method's training stages
+            (pretraining, fine-tuning) keep their own ``checkpoint_every`` setting (2000 steps in the presets); set
+            it in the method entry (``set: [checkpoint_every=500]``; it does not change the stage's hash).
         quality: write each distilled set's set-quality report (:mod:`gendistill.evaluation.metrics`) to
             ``quality.json``.
         shared_stages: generative methods keep their trained stages in ``<out>/stages/`` and reuse them across
