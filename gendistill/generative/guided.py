@@ -292,9 +292,7 @@ class InfluenceGuide:
         v = x.flatten(1)
         if self.center is not None:
             mu = self.center.to(v).flatten()
-            scale = torch.ones(len(v), 1, dtype=v.dtype, device=v.device) if abar is None else \
-                abar.to(v).sqrt().view(-1, 1)
-            v = v - scale * mu
+            v = v - (mu if abar is None else abar.to(v).sqrt().view(-1, 1) * mu)
         bank = v.new_zeros(len(banks), size, v.shape[1])
         present = torch.zeros(len(banks), size, dtype=torch.bool, device=x.device)
         for i, entries in enumerate(banks):
@@ -323,6 +321,11 @@ class InfluenceGuide:
         return x_next - cfg.igd_dev_scale * self._deviation(x, abar) - (rho * cfg.igd_gm_scale).view(shape) * grad
 
 
+def _first_rows(train: RealDataset, label: int, count: int) -> torch.Tensor:
+    """Indices of the first ``count`` training images of class ``label``."""
+    return (train.labels == label).nonzero().squeeze(1)[:count]
+
+
 def real_gradients(net: torch.nn.Module, snapshots: list[dict[str, torch.Tensor]], train: RealDataset, per_class: int,
                    chunk: int = 50) -> list[torch.Tensor]:
     """Per snapshot ``[C, P]``: each class's mean cross-entropy gradient on its first ``per_class`` real images (in
@@ -334,7 +337,7 @@ def real_gradients(net: torch.nn.Module, snapshots: list[dict[str, torch.Tensor]
         names = list(params)
         rows = []
         for c in range(train.num_classes):
-            idx = (train.labels == c).nonzero().squeeze(1)[:per_class]
+            idx = _first_rows(train, c, per_class)
             total, parts = None, 0
             for start in range(0, len(idx), chunk):
                 theta = [params[n].clone().requires_grad_(True) for n in names]
@@ -368,8 +371,7 @@ class IGDDistiller(_GuidedDistiller):
         targets = real_gradients(net, snapshots, train, cfg.igd_grad_ipc)
         center = None
         if cfg.igd_dev_centered:  # the mean encoding of the target gradients' real images
-            rows = torch.cat([(train.labels == c).nonzero().squeeze(1)[:cfg.igd_grad_ipc]
-                              for c in range(train.num_classes)])
+            rows = torch.cat([_first_rows(train, c, cfg.igd_grad_ipc) for c in range(train.num_classes)])
             center = _real_encodings(backbone, train, rows).mean(0).to(cfg.device)
         for p in net.parameters():
             p.requires_grad_(False)
