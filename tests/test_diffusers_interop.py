@@ -121,6 +121,7 @@ def test_every_saved_model_has_a_hugging_face_model_card(tmp_path):
     assert "gendistill finetune --dataset tiny" in text and "## Recipe" in text
     heading = next(line for line in text.splitlines() if line.startswith("# "))
     assert heading.startswith(f"# {tmp_path.name}/m:") and ".tmp" not in heading  # not the temporary folder's name
+    assert f"load_pipeline({str(tmp_path / 'm')!r})" in text and ".tmp" not in text  # the snippet loads the model
 
 
 def test_loading_refuses_a_folder_whose_difffit_files_contradict_its_record(tmp_path):

@@ -114,13 +114,14 @@ def _fmt(value: Any) -> str:
 
 
 def write_model_card(folder: str | Path, info: dict[str, Any], quality: dict[str, Any] | None = None,
-                     title: str | None = None) -> Path:
+                     title: str | None = None, location: str | Path | None = None) -> Path:
     """Write ``folder/README.md``: Hugging Face model-card metadata and a description of how the model was made.
 
     ``info`` is the model's ``gendistill.json`` record; ``quality`` an optional set-quality summary (precision,
     recall, coverage, FD, ...) with the settings it was measured under (``quality["settings"]``). ``title``: the
     card's heading when the model has no ``model_id`` (models are written to a temporary folder first, so the folder's
-    own name is only the last resort).
+    own name is only the last resort); ``location``: the folder the model will end up in, which the card's loading
+    snippet names when there is no ``model_id``.
     """
     folder = Path(folder)
     title = info.get("model_id") or title or folder.name
@@ -171,6 +172,6 @@ def write_model_card(folder: str | Path, info: dict[str, Any], quality: dict[str
     if info.get("command"):
         lines += ["", "## Reproduce", "", "```bash", info["command"], "```"]
     lines += ["", "## Use", "", "```python", "from gendistill.generative.pipeline import load_pipeline",
-              "", f"pipe = load_pipeline({str(info.get('model_id') or folder)!r})",
+              "", f"pipe = load_pipeline({str(info.get('model_id') or location or folder)!r})",
               "images = pipe(class_labels=[0, 1, 2], num_inference_steps=50).images", "```", ""]
     return atomic_text(folder / "README.md", "\n".join(lines))
