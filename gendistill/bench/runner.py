@@ -346,7 +346,8 @@ def _dispatch_ray(spec: BenchSpec, out: Path, data_root: str | None, cluster: st
 
     address = None if cluster == "ray" else cluster
     started = not ray.is_initialized()
-    keys = ("GENDISTILL_DATA", "GENDISTILL_CONFIGS", "GENDISTILL_THREADS", "GENDISTILL_COMPILE")
+    keys = ("GENDISTILL_DATA", "GENDISTILL_CONFIGS", "GENDISTILL_THREADS", "GENDISTILL_COMPILE",
+            "GENDISTILL_AUTOCAST")
     env = {k: os.environ[k] for k in keys if k in os.environ}
     if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,

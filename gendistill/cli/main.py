@@ -72,9 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         apply_threads(args.threads)
         if getattr(args, "compile", False):
             os.environ["GENDISTILL_COMPILE"] = "1"
+        if getattr(args, "bf16", False):
+            os.environ["GENDISTILL_AUTOCAST"] = "bf16"
         from gendistill.nn.compiling import compile_backend
+        from gendistill.nn.precision import autocast_name
 
-        compile_backend()  # a bad $GENDISTILL_COMPILE is a one-line error before any work
+        compile_backend()  # a bad $GENDISTILL_COMPILE or $GENDISTILL_AUTOCAST is a one-line error before any work
+        autocast_name()
         with contextlib.suppress(ValueError):  # only the main thread may install handlers
             previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         return handlers[args.command](args)

@@ -36,6 +36,7 @@ from gendistill.evaluation.trainer import _accuracy_batched, _needs_sequential, 
 from gendistill.nn.augment import DSA, IDCAugment
 from gendistill.nn.compiling import compile_backend
 from gendistill.nn.nets import create_network
+from gendistill.nn.precision import autocast_dtype, autocast_name
 from gendistill.synset.decoders import multiformation_factor
 from gendistill.synset.format import SyntheticSet
 from gendistill.utils.errors import GendistillError, NonFiniteLossError
@@ -77,6 +78,7 @@ class EvalResult:
     best_over: str | None = None
     best_iteration: int | None = None
     compiled: str | None = None  # the torch.compile backend of the networks' forwards ($GENDISTILL_COMPILE), or None
+    autocast: str | None = None  # "bf16" when the networks trained and tested under bfloat16 autocast, else None
 
     def summary(self) -> str:
         tag = " [reduced: " + self.reduced_note + "]" if self.reduced else ""
@@ -87,6 +89,7 @@ class EvalResult:
                                    p.get("resize_crop") and f"random-resized-crop {p['resize_crop']} px",
                                    (p.get("color_jitter") or p.get("lighting")) and "jitter+lighting") if x)
         recipe += f", {aug}" if aug else ", no augmentation"
+        recipe += f", {self.autocast} autocast" if self.autocast else ""
         if self.best_mean is None:
             return f"{self.mean:.2f} ± {self.std:.2f} % over {len(self.accs)} runs ({recipe}){tag}"
         over = ("best distillation checkpoint on test" if self.best_over == "distillation checkpoints"
@@ -276,9 +279,11 @@ def evaluate(
                 else "batched")
     if mode == "batched" and (_needs_sequential(nets[0]) or teacher is not None):
         raise GendistillError(f"{proto.model} has batch-norm statistics or a teacher; use ensemble=sequential")
+    # bfloat16 autocast ($GENDISTILL_AUTOCAST, --bf16) reaches the sequential networks; the vmapped ensemble stays fp32
+    amp = autocast_dtype(device) if mode != "batched" else None
     trainer = _Trainer(proto, x, y, lr, dsa, device,
                        pixel_stats=(synset.preprocessing.mean, synset.preprocessing.std),
-                       teacher=teacher.to(device) if teacher is not None else None)
+                       teacher=teacher.to(device) if teacher is not None else None, autocast=amp)
     size = proto.resize_crop
     every = max(1, proto.epochs // proto.eval_count) if proto.eval_count else 0
     history: list[list[tuple[int, float]]] = [[] for _ in seeds]  # (1-based epoch, test accuracy) per run
@@ -311,13 +316,14 @@ def evaluate(
             def test_net(epoch: int, net: nn.Module = net, i: int = i) -> None:
                 if due(epoch):
                     history[i].append((epoch + 1, split_accuracy(net, test, proto.test_batch_size, device,
-                                                                 image_size=size)))
+                                                                 image_size=size, autocast=amp)))
                     net.train().to(memory_format=torch.contiguous_format)  # as it trained before the test
 
             if bool(trainer.train_sequential(net, gen, bar, on_epoch=test_net if every else None)):
                 raise NonFiniteLossError("evaluation loss became NaN/inf: the synthetic set has extreme values or "
                                          "the lr is too high; check the set or lower the lr")
-            accs.append(split_accuracy(net, test, proto.test_batch_size, device, progress=progress, image_size=size))
+            accs.append(split_accuracy(net, test, proto.test_batch_size, device, progress=progress, image_size=size,
+                                       autocast=amp))
     bar.close()
     best: dict[str, Any] = {}
     if every:  # the first test reaching the maximum, as the reference's ``acc1 > best_acc1``
@@ -343,6 +349,7 @@ def evaluate(
                   "hardened" if synset.meta.get("labels_hardened") else "hard",
                 "preprocessing": synset.preprocessing.describe()},
         protocol_source=source, teacher=teacher_record, compiled=compile_backend() if mode != "batched" else None,
+        autocast=autocast_name() if amp is not None else None,
         **best,
     )
 

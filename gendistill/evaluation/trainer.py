@@ -20,6 +20,7 @@ from gendistill.evaluation.protocols import EvalProtocol
 from gendistill.nn.augment import DSA, DCAugment, IDCAugment, ImageNetAugment, cutmix, resize_images
 from gendistill.nn.blocking import block_rows, blocked_mean_backward, forward_in_blocks
 from gendistill.nn.compiling import network_forward
+from gendistill.nn.precision import with_autocast
 from gendistill.utils.errors import GendistillError, NonFiniteLossError
 
 __all__ = ["split_accuracy", "train_network"]
@@ -63,11 +64,13 @@ class _Trainer:
     def __init__(self, protocol: EvalProtocol, x: torch.Tensor, y: torch.Tensor, lr: float, dsa: DSA,
                  device: torch.device, bar_per_batch: bool = False,
                  pixel_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-                 teacher: nn.Module | None = None) -> None:
+                 teacher: nn.Module | None = None, autocast: torch.dtype | None = None) -> None:
         """``pixel_stats``: the ``(mean, std)`` mapping [0, 1] pixels to the space of ``x`` (for colour jitter and
         lighting; ``None`` treats ``x`` as pixels). ``teacher``: relabels every augmented batch (its softmax at the
-        protocol's temperature replaces the labels)."""
+        protocol's temperature replaces the labels). ``autocast``: the sequential training forwards run under
+        autocast in this dtype (:mod:`gendistill.nn.precision`)."""
         self.p, self.x, self.y, self.lr, self.dsa, self.device = protocol, x, y, lr, dsa, device
+        self.autocast = autocast
         self.teacher = teacher.eval() if teacher is not None else None
         self.passes = protocol.epochs + int(protocol.extra_pass)
         self.batches_per_pass = -(-x.shape[0] // protocol.batch_size)
@@ -132,7 +135,8 @@ class _Trainer:
         opt = self._optimizer(net.parameters(), _lr_at(self.p, self.lr, self.passes, 0))
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         n = self.x.shape[0]
-        forward = network_forward(net)  # compiled when $GENDISTILL_COMPILE asks for it
+        # compiled when $GENDISTILL_COMPILE asks for it; under bfloat16 autocast when the evaluation asks for it
+        forward = with_autocast(network_forward(net), self.device, self.autocast)
         for epoch in range(self.passes):
             opt = self._schedule(opt, net.parameters(), epoch)
             perm = torch.randperm(n, generator=gen)
@@ -186,19 +190,22 @@ class _Trainer:
 
 
 def split_accuracy(net: nn.Module, test: RealDataset, batch_size: int = 100, device: str | torch.device = "cpu",
-                   progress: bool = False, image_size: int = 0) -> float:
+                   progress: bool = False, image_size: int = 0, autocast: torch.dtype | None = None) -> float:
     """Top-1 accuracy (%) of ``net`` on the whole split (eval mode, inference mode); ``image_size`` > 0 resizes
-    each batch to it first (:func:`gendistill.augment.resize_images`)."""
+    each batch to it first (:func:`gendistill.augment.resize_images`); ``autocast``: the forwards run under autocast
+    in this dtype."""
     from tqdm.auto import tqdm
 
     device = torch.device(device)
     # channels_last, and rows passed in cache-sized blocks (gendistill.nn.blocking), are each faster for CPU
     # inference: a 10,000-image MNIST pass of ConvNet-3 in blocks is 1.38x faster than in whole channels_last
     # batches of 100 (scripts/perf/micro_ideas.py --more; docs/performance.md).
-    fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    # Not under bfloat16 autocast: a channels-last bf16 group norm ran ~6x slower than a contiguous one on the
+    # avx512_bf16 machine (2,000 MNIST images through ConvNet-3: 1.14 s against 0.17 s).
+    fmt = torch.channels_last if device.type == "cpu" and autocast is None else torch.contiguous_format
     net.eval().to(memory_format=fmt)
     correct = torch.zeros((), dtype=torch.long, device=device)
-    forward = network_forward(net)
+    forward = with_autocast(network_forward(net), device, autocast)
     with torch.inference_mode():
         for xb, yb in tqdm(test.batches(batch_size), total=-(-len(test) // batch_size), unit="batch",
                            desc=f"test pass ({len(test)} images)", disable=not progress, leave=False):

@@ -485,7 +485,7 @@ def save_backbone(backbone: Backbone, directory: str | Path, schedule: tuple[str
     (tmp / "gendistill.json").write_text(json.dumps(meta, indent=2))
     from gendistill.generative.hub import write_model_card
 
-    write_model_card(tmp, meta, title=f"{target.parent.name}/{target.name}", location=target)  # pretrain-<hash>/model
+    write_model_card(tmp, meta, location=target)  # heading and loading snippet: pretrain-<hash>/model
     return replace_dir(tmp, target)
 
 

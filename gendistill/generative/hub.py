@@ -118,13 +118,13 @@ def write_model_card(folder: str | Path, info: dict[str, Any], quality: dict[str
     """Write ``folder/README.md``: Hugging Face model-card metadata and a description of how the model was made.
 
     ``info`` is the model's ``gendistill.json`` record; ``quality`` an optional set-quality summary (precision,
-    recall, coverage, FD, ...) with the settings it was measured under (``quality["settings"]``). ``title``: the
-    card's heading when the model has no ``model_id`` (models are written to a temporary folder first, so the folder's
-    own name is only the last resort); ``location``: the folder the model will end up in, which the card's loading
-    snippet names when there is no ``model_id``.
+    recall, coverage, FD, ...) with the settings it was measured under (``quality["settings"]``). ``location``: the
+    folder the model will end up in (models are written to a temporary folder first), which the card's loading
+    snippet names when there is no ``model_id``; its last two parts are the heading unless ``title`` is given.
     """
     folder = Path(folder)
-    title = info.get("model_id") or title or folder.name
+    final = Path(location) if location is not None else None
+    title = info.get("model_id") or title or (f"{final.parent.name}/{final.name}" if final else folder.name)
     dataset = info.get("dataset", "unknown")
     stage = info.get("stage", "pretrain")
     minimax = stage == "finetune"

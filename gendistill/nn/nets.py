@@ -71,6 +71,10 @@ class _SumPool2x2(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if x.dtype in (torch.bfloat16, torch.float16):
+            # half-precision maps (autocast): strided bf16 adds run ~4x slower than fp32 ones on a CPU; summing a
+            # float32 copy and casting back took 0.96 ms against 1.9 ms (20 x 128 x 28 x 28, 2 threads, avx512_bf16)
+            return _SumPool2x2.forward(x.float()).to(x.dtype)
         out = x[..., ::2, ::2] + x[..., 1::2, ::2]
         out += x[..., ::2, 1::2]
         out += x[..., 1::2, 1::2]

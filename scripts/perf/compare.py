@@ -537,14 +537,16 @@ def reference_command(comp: Comparison, values: dict[str, Any], iterations: int,
     return [sys.executable, *comp.script, "--cfg", str(work / "reference_config.yaml")], text
 
 
-def _ours_env(compile_ours: bool) -> dict[str, str]:
-    """Our side's environment: ``torch.compile`` on or off (``--compile``), never inherited by accident."""
-    return {"GENDISTILL_COMPILE": "1" if compile_ours else "0"}
+def _ours_env(compile_ours: bool, bf16: bool = False) -> dict[str, str]:
+    """Our side's environment: ``torch.compile`` on or off (``--compile``) and the evaluation's bfloat16 autocast
+    (``--bf16``), never inherited by accident."""
+    return {"GENDISTILL_COMPILE": "1" if compile_ours else "0", "GENDISTILL_AUTOCAST": "bf16" if bf16 else "0"}
 
 
 def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterations: int, threads: int,
                    warmup: int, sets: list[str], experts: int, expert_epochs: int, per_class: int,
-                   reference_experts: str = "ours", compile_ours: bool = False) -> dict:
+                   reference_experts: str = "ours", compile_ours: bool = False, ours_sets: tuple[str, ...] = ()
+                   ) -> dict:
     comp = SETTINGS[name]
     if comp.data == "random_cifar10":
         data_dir = make_random_cifar(work / "data", per_class)
@@ -568,7 +570,7 @@ def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterat
     ours_cmd = ["--quiet", "--threads", str(threads), "distill", "--method", comp.method, "--dataset", dataset,
                 "--ipc", "10", "--data-root", str(data_dir), "--set", f"iterations={iterations + 1}",
                 *[a for k, v in values.items() for a in ("--set", f"{k}={v}")],
-                *[a for o in comp.overrides for a in ("--set", o)],
+                *[a for o in (*comp.overrides, *ours_sets) for a in ("--set", o)],
                 *(["--set", f"buffer={work / 'our_buffers'}"] if comp.buffers else []),
                 *(["--zca", "kornia"] if comp.zca else []),
                 "--log-every", "1", "--checkpoint-every", "0", "--out", str(run_dir)]
@@ -581,7 +583,7 @@ def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterat
     result = {"reference": reference, "ours": ours, "data": data, "shared": values, "shared_changed": changed,
               "ours_compiled": compile_ours,
               "reference_command": " ".join(["python", *cmd[1:]]), "ours_command": " ".join(["gendistill", *ours_cmd]),
-              "ours_overrides": list(comp.overrides)}
+              "ours_overrides": list(comp.overrides), "ours_set": list(ours_sets)}
     if config:
         result["reference_config"] = config
     if buffers:
@@ -596,11 +598,12 @@ REFERENCE_NETWORKS = {"convnet": "ConvNet", "lenet": "LeNet", "alexnet": "AlexNe
 
 
 def compare_evaluate(ref_dir: Path, work: Path, data_root: Path, epochs: int, threads: int, model: str = "convnet",
-                     runs: int = 1, compile_ours: bool = False) -> dict:
+                     runs: int = 1, compile_ours: bool = False, bf16: bool = False) -> dict:
     """One ``dsa``-recipe evaluation of random real MNIST IPC 10 per side, ``runs`` networks each (the reference's
     run ``i`` seeds torch with ``i``; ours are the protocol's seeded runs): seconds and test accuracy per run.
     ``compile_ours``: our side under ``GENDISTILL_COMPILE=1``; its seconds per run are the mean over the runs, so the
-    first run's compilation is spread over them."""
+    first run's compilation is spread over them. ``bf16``: our networks train and test under bfloat16 autocast
+    (``GENDISTILL_AUTOCAST=bf16``; the reference has no such option)."""
     import torch
 
     import gendistill
@@ -622,12 +625,13 @@ def compare_evaluate(ref_dir: Path, work: Path, data_root: Path, epochs: int, th
             f"r = gendistill.evaluate(syn, splits.test, 'dsa', model={model!r}, runs={runs}, epochs={epochs}, "
             "progress=False)\n"
             "print('PERF_EVAL', (time.perf_counter() - start) / len(r.accs), json.dumps(r.accs))\n")
-    ours = run([sys.executable, "-c", code], REPO, threads, _ours_env(compile_ours))
+    ours = run([sys.executable, "-c", code], REPO, threads, _ours_env(compile_ours, bf16))
     seconds_ours, accs_ours = next(line.split(" ", 2)[1:] for line in ours.splitlines()
                                    if line.startswith("PERF_EVAL"))
     ref_accs = [100 * float(acc) for _, acc in ref_rows]
     our_accs = [float(a) for a in json.loads(accs_ours)]
     return {"model": model, "epochs": epochs, "runs": runs, "ours_compiled": compile_ours,
+            "ours_autocast": "bf16" if bf16 else None,
             "reference": {"s_per_run": statistics.median(float(s) for s, _ in ref_rows),
                           "accuracy": statistics.fmean(ref_accs), "accuracies": ref_accs},
             "ours": {"s_per_run": float(seconds_ours), "accuracy": statistics.fmean(our_accs),
@@ -638,9 +642,13 @@ def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else \
         platform.processor()
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    return {"cpu": cpu, "avx512_bf16": "avx512_bf16" in flags, "cores": os.cpu_count(),
-            "python": platform.python_version()}
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    family = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("cpu family")), "")
+    import torch
+
+    return {"cpu": cpu, "cpu_family": family, "avx512f": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -660,6 +668,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="change a shared setting on both sides (a reduced trial; recorded)")
+    ap.add_argument("--bf16", action="store_true", help="evaluate: our networks train and test under bfloat16 "
+                    "autocast (GENDISTILL_AUTOCAST=bf16; needs avx512_bf16/AMX)")
+    ap.add_argument("--ours-set", dest="ours_sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="methods: a setting of our side only, recorded and labelled in the table (e.g. "
+                         "amp_real=true, the bfloat16 real side, an option the reference does not have)")
     ap.add_argument("--experts", type=int, default=2, help="mtt/datm: experts per side")
     ap.add_argument("--expert-epochs", type=int, default=3, help="mtt/datm: epochs per expert")
     ap.add_argument("--reference-experts", choices=["ours", "own"], default="ours",
@@ -675,6 +688,10 @@ def main(argv: list[str] | None = None) -> int:
         # iterations + 1 are run and timed between their ends; the first --warmup of those intervals are dropped
         ap.error(f"--warmup {args.warmup} leaves no timed iteration of --iterations {args.iterations}; "
                  f"use --warmup {max(args.iterations - 1, 0)} or more --iterations")
+    if args.ours_sets and args.comparison == "evaluate":
+        ap.error("--ours-set applies to the method comparisons; evaluate takes --compile and --bf16")
+    if args.bf16 and args.comparison != "evaluate":
+        ap.error("--bf16 applies to evaluate; a method's bfloat16 real side is --ours-set amp_real=true")
     if args.comparison in BLOCKED:
         print(f"BLOCKED {args.comparison}: {BLOCKED[args.comparison]}", file=sys.stderr)
         return 3
@@ -691,12 +708,12 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         if args.comparison == "evaluate":
             result = compare_evaluate(ref_dir, work, data_root, args.epochs, args.threads, args.model, args.runs,
-                                      args.compile)
+                                      args.compile, args.bf16)
             result["ratio"] = result["reference"]["s_per_run"] / result["ours"]["s_per_run"]
         else:
             result = compare_method(args.comparison, ref_dir, work, data_root, args.iterations, args.threads,
                                     args.warmup, args.sets, args.experts, args.expert_epochs, args.random_per_class,
-                                    args.reference_experts, args.compile)
+                                    args.reference_experts, args.compile, tuple(args.ours_sets))
             r, o = result["reference"], result["ours"]
             result["ratio"] = r["s_per_iteration_median"] / o["s_per_iteration_median"]
             se = math.sqrt(r["loss_std"] ** 2 / max(r["n_loss"], 1) + o["loss_std"] ** 2 / max(o["n_loss"], 1))

@@ -1,7 +1,10 @@
 """The side-by-side table of ``results/perf/``: one row per ``compare.py --json`` record, with both numbers, the
 ratio, whether the losses agree, the machine and the command that measured it.
 
-    python scripts/perf/table.py results/perf/*.json --out results/perf/README.md
+    python scripts/perf/table.py results/perf/*.json results/perf/avx512_bf16/*.json --out results/perf/README.md
+
+Records of different machines sit in different folders (``results/perf/`` holds the first development machine's,
+``results/perf/avx512_bf16/`` a later one's with a bfloat16 unit); each row names its machine.
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ from pathlib import Path
 TARGET = 2.0
 
 
-def _row(rec: dict) -> str:
+def _machine_key(rec: dict) -> str:
+    return json.dumps(rec["machine"], sort_keys=True)
+
+
+def _row(rec: dict, machine: str) -> str:
     ref, ours = rec["reference"], rec["ours"]
     evaluation = rec["comparison"] == "evaluate"
     unit = "s/run" if evaluation else "s/iteration"
@@ -35,34 +42,45 @@ def _row(rec: dict) -> str:
             changed += f"; network {rec['model']}, {rec['epochs']} epochs"
         if rec.get("ours_compiled"):
             changed += f"; ours compiled (`--compile`), mean of {runs} runs including the first run's compilation"
+        if rec.get("ours_autocast"):
+            changed += f"; ours under {rec['ours_autocast']} autocast (`--bf16`)"
     elif rec.get("ours_compiled"):
         changed += (f"; ours compiled (`--compile`): its first iteration, untimed, ended after "
                     f"{ours.get('first_iteration_elapsed_s', float('nan')):.1f} s")
+    if rec.get("ours_set"):
+        changed += "; ours only: " + ", ".join(f"`{item}`" for item in rec["ours_set"])
     if rec.get("ours_inductor_cache"):
         changed += f"; inductor cache {rec['ours_inductor_cache']}"
     return (f"| `{rec['comparison']}` | {rec['reference_repo']}@{rec['reference_commit'][:7]} | "
             f"{ref[key]:.2f} | {ours[key]:.2f} | {unit} | "
             f"**{ratio:.2f}×**{'' if ratio >= TARGET else ' (below 2×)'} | {ref.get('iterations_timed', 1)} | "
-            f"{agree} | {changed} |")
+            f"{agree} | {machine} | {changed} |")
 
 
 def render(records: list[dict], missing: list[str] = ()) -> str:
-    machines = {json.dumps(r["machine"], sort_keys=True) for r in records}
+    # machines in order of first appearance in the sorted rows, named A, B, ...
+    ordered = sorted(records, key=lambda r: (r["comparison"], _machine_key(r)))
+    labels: dict[str, str] = {}
+    for rec in ordered:
+        labels.setdefault(_machine_key(rec), chr(ord("A") + len(labels)))
     lines = ["# Side-by-side speed: gendistill against the reference implementations", "",
-             "Written by `python scripts/perf/table.py results/perf/*.json --out results/perf/README.md` from the",
-             "`compare.py --json` records beside it. Each ratio is reference / ours of the median seconds per outer",
-             "iteration (for `evaluate`: per evaluation run), both sides run one after the other on the same idle",
+             "Written by `python scripts/perf/table.py results/perf/*.json results/perf/avx512_bf16/*.json --out",
+             "results/perf/README.md` from the `compare.py --json` records beside it. Each ratio is reference /",
+             "ours of the median seconds per outer iteration (for `evaluate`: per evaluation run), both sides run",
+             "one after the other on the same idle",
              "machine with the same threads, data and settings. \"losses agree\": the two mean losses over the timed",
              "iterations differ by less than 3 standard errors.", "",
              "| comparison | reference repository | reference | ours | unit | ratio | timed | losses agree "
-             "| settings |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    lines += [_row(r) for r in sorted(records, key=lambda r: r["comparison"])]
+             "| machine | settings |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [_row(r, labels[_machine_key(r)]) for r in ordered]
     if missing:
         lines += ["", "Not in the table:", ""] + [f"- {m}" for m in missing]
-    lines += ["", "Machine" + ("s" if len(machines) > 1 else "") + ":", ""]
-    lines += [f"- {m}" for m in sorted(machines)]
-    lines += ["", "Commands:", "", "```"] + [r["command"] for r in sorted(records, key=lambda r: r["comparison"])]
+    lines += ["", "Machines (each ratio compares two timings on one machine: compare ratios, not seconds, across "
+              "machines):",
+              ""]
+    lines += [f"- {label}: {key}" for key, label in labels.items()]
+    lines += ["", "Commands:", "", "```"] + [r["command"] for r in ordered]
     lines += ["```", ""]
     return "\n".join(lines)
 
