@@ -73,18 +73,22 @@ def test_a_compiled_evaluation_matches_eager_and_is_recorded(tiny_train, tiny_te
     assert compiled.accs == pytest.approx(eager.accs, abs=100 / len(tiny_test) + 1e-9)  # at most one test image
 
 
-def test_the_compile_flag_sets_the_environment_and_a_bad_value_is_refused(monkeypatch, capsys):
+@pytest.mark.parametrize(("flag", "variable", "value", "bad"), [
+    ("--compile", "GENDISTILL_COMPILE", "1", "nosuchbackend"), ("--bf16", "GENDISTILL_AUTOCAST", "bf16", "half")])
+def test_the_global_flag_sets_the_environment_and_a_bad_value_is_refused(monkeypatch, capsys, flag, variable, value,
+                                                                          bad):
+    """``--compile`` and ``--bf16`` (gendistill.nn.precision) set their variable; a bad value is one line on stderr."""
     from gendistill.cli.main import main
 
-    monkeypatch.setenv("GENDISTILL_COMPILE", "0")  # recorded, so the value the flag writes is undone afterwards
-    assert main(["--compile", "methods"]) == 0
+    monkeypatch.setenv(variable, "0")  # recorded, so the value the flag writes is undone afterwards
+    assert main([flag, "methods"]) == 0
     import os
 
-    assert os.environ["GENDISTILL_COMPILE"] == "1"
-    monkeypatch.setenv("GENDISTILL_COMPILE", "nosuchbackend")
+    assert os.environ[variable] == value
+    monkeypatch.setenv(variable, bad)
     assert main(["methods"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "GENDISTILL_COMPILE" in err[0]
+    assert len(err) == 1 and variable in err[0]
 
 
 @pytest.mark.parametrize("name", ["dm", "dc"])
