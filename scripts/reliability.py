@@ -67,9 +67,9 @@ def time_bench(spec_path: Path, out: Path, processes: int, data_root: str | None
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else ""
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+    from gendistill.utils.resources import cpu_info
+
+    return {"cpu": cpu_info()["model"], "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def write_readme(out: Path) -> None:

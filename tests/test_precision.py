@@ -40,6 +40,14 @@ def test_a_cpu_without_a_bfloat16_unit_is_refused(monkeypatch):
     assert precision.autocast_dtype("cpu") is torch.bfloat16
 
 
+def test_the_cpu_facts_come_from_one_parse_of_the_first_processor():
+    from gendistill.utils.resources import cpu_info
+
+    info = cpu_info()
+    assert isinstance(info["model"], str) and isinstance(info["flags"], frozenset)
+    assert precision.cpu_has_bf16() == bool({"avx512_bf16", "amx_bf16"} & info["flags"])
+
+
 def test_the_wrapped_forward_computes_in_bfloat16_and_returns_float32():
     net = create_network("convnet_w8", 1, 10, 16, seed=0)
     seen = []

@@ -10,14 +10,13 @@ their own ``amp_real`` option for their real side.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 from gendistill.utils.errors import ConfigError
+from gendistill.utils.resources import cpu_info
 
 __all__ = ["autocast_dtype", "autocast_name", "cpu_has_bf16", "with_autocast"]
 
@@ -27,16 +26,10 @@ _OFF = {"", "0", "false", "no", "off", "fp32", "float32"}
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bfloat16 dot products natively (``avx512_bf16`` or ``amx_bf16`` in
     ``/proc/cpuinfo``; ``False`` where the file is absent)."""
-    info = Path("/proc/cpuinfo")
-    if not info.is_file():
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in info.read_text().splitlines()
-                  if line.startswith("flags")), [])
-    return any(flag in flags for flag in BF16_FLAGS)
+    return any(flag in cpu_info()["flags"] for flag in BF16_FLAGS)
 
 
 def autocast_name() -> str | None:

@@ -639,16 +639,14 @@ def compare_evaluate(ref_dir: Path, work: Path, data_root: Path, epochs: int, th
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else \
-        platform.processor()
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    family = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("cpu family")), "")
     import torch
 
-    return {"cpu": cpu, "cpu_family": family, "avx512f": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
-            "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
+    from gendistill.utils.resources import cpu_info
+
+    cpu = cpu_info()
+    return {"cpu": cpu["model"], "cpu_family": cpu["family"], "avx512f": "avx512f" in cpu["flags"],
+            "avx512_bf16": "avx512_bf16" in cpu["flags"], "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__}
 
 
 def main(argv: list[str] | None = None) -> int:

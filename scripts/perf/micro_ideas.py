@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from gendistill.nn.nets import create_network
+from gendistill.utils.resources import cpu_info
 
 
 def interleaved(arms: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
@@ -231,11 +231,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the batching ideas (whole-batch DSA, one forward for all classes, held normalised)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-               platform.processor())
+    cpu = cpu_info()
     result = {"threads": args.threads, "rounds": args.rounds, "torch": torch.__version__,
-              "machine": {"cpu": cpu, "avx512_bf16": "avx512_bf16" in info}, "ideas": {}}
+              "machine": {"cpu": cpu["model"], "avx512_bf16": "avx512_bf16" in cpu["flags"]}, "ideas": {}}
     if args.batching:
         result["ideas"]["dsa_siamese_dm_batch_s"] = interleaved(dsa_batching_arms(), args.rounds)
         result["ideas"]["embed_2560_s"] = interleaved(embed_batching_arms(), args.rounds)
