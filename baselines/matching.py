@@ -13,6 +13,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from gendistill.nn.blocking import block_rows, blocked_mean_grads
+from gendistill.nn.compiling import network_forward
 
 __all__ = ["gradient_distance", "per_class_gradients"]
 
@@ -51,7 +52,9 @@ def per_class_gradients(net: nn.Module, params: dict[str, torch.Tensor], x: torc
     """Gradients of the mean loss of each class w.r.t. ``params``.
 
     Args:
-        net: the network (its own parameters are ignored; ``params`` are used).
+        net: the network. Gradients are taken w.r.t. ``params``; for constant ``x`` (the real side) through the
+            network's own parameters when ``params`` are detached views of them (the same values), so that its
+            forward can be the compiled one under ``$GENDISTILL_COMPILE``.
         params: parameter dict (detached).
         x: ``[C, n, ...]`` images grouped by class.
         y: ``[C, n]`` labels.
@@ -75,10 +78,29 @@ def per_class_gradients(net: nn.Module, params: dict[str, torch.Tensor], x: torc
     def forward(xb: torch.Tensor) -> torch.Tensor:
         return functional_call(net, leaves, (xb,))
 
+    own = None if x.requires_grad else _own_parameters(net, params)
     per_class = []
     for c in range(x.shape[0]):
         if x.requires_grad:  # synthetic side: keep the graph for matching
             per_class.append(torch.autograd.grad(loss_fn(forward(x[c]), y[c]), inputs, create_graph=True))
+        elif own is not None:  # real side through the network itself: compiled when $GENDISTILL_COMPILE asks
+            per_class.append(blocked_mean_grads(loss_fn, network_forward(net), x[c], own, y[c],
+                                                rows=block_rows(net, x[c])))
         else:  # real side: constant images, cache-blocked on CPU
             per_class.append(blocked_mean_grads(loss_fn, forward, x[c], inputs, y[c], rows=block_rows(net, x[c])))
     return {k: torch.stack([g[i] for g in per_class]) for i, k in enumerate(leaves)}
+
+
+def _own_parameters(net: nn.Module, params: dict[str, torch.Tensor]) -> list[torch.Tensor] | None:
+    """The network's parameters in ``params``' order when ``params`` are views of them (same names, storage and
+    layout, as DC/DSA pass ``{k: v.detach()}``), else None. Gradients w.r.t. them equal those w.r.t. ``params``,
+    and the network's own forward can then be the compiled one (:func:`gendistill.nn.compiling.network_forward`)."""
+    own = dict(net.named_parameters())
+    if own.keys() != params.keys():
+        return None
+    for k, v in params.items():
+        p = own[k]
+        if not p.requires_grad or v.data_ptr() != p.data_ptr() or v.shape != p.shape or v.stride() != p.stride() \
+                or v.dtype != p.dtype:
+            return None
+    return [own[k] for k in params]

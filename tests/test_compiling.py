@@ -109,3 +109,33 @@ def test_methods_distil_the_same_set_compiled(name, tiny_train, monkeypatch):
     compiled = get_method(name).cls(cfg).distill(tiny_train, 2, seed=0)
     assert counters["stats"]["unique_graphs"] >= 1  # the compiled path ran
     torch.testing.assert_close(compiled.images, eager.images, rtol=1e-4, atol=1e-4)
+
+
+def test_the_real_side_of_gradient_matching_runs_through_the_compiled_forward(monkeypatch):
+    """DC/DSA's real-side gradients (constant images, ``params`` views of the network's own) use the compiled
+    forward and equal the eager ones; parameters that are not the network's keep the uncompiled functional path."""
+    from torch._dynamo.utils import counters
+
+    from gendistill.baselines.matching import per_class_gradients
+
+    net = create_network("convnet_w8", 1, 3, 16, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 6, 1, 16, 16, generator=gen)
+    y = torch.arange(3).repeat_interleave(6).view(3, 6)
+    views = {k: v.detach() for k, v in net.named_parameters()}
+    monkeypatch.delenv("GENDISTILL_COMPILE", raising=False)
+    eager = per_class_gradients(net, views, x, y)
+    monkeypatch.setenv("GENDISTILL_COMPILE", "aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = per_class_gradients(net, views, x, y)
+    assert counters["stats"]["unique_graphs"] == 1
+    for k in eager:
+        torch.testing.assert_close(compiled[k], eager[k], atol=1e-6, rtol=1e-4)
+    assert all(p.grad is None for p in net.parameters())  # gradients are returned, never accumulated
+    counters.clear()
+    copies = {k: v.clone() for k, v in views.items()}  # not the network's storage: functional_call, not compiled
+    functional = per_class_gradients(net, copies, x, y)
+    assert counters["stats"]["unique_graphs"] == 0
+    for k in eager:
+        torch.testing.assert_close(functional[k], eager[k], atol=1e-6, rtol=1e-4)

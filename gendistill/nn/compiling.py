@@ -2,16 +2,16 @@
 
 Set ``GENDISTILL_COMPILE=1`` (or ``gendistill --compile``) to run the shared training loop's steps (every
 evaluation, and whatever trains through ``train_network``: DC/DSA/CAFE's inner loops, feature networks, IGD's
-surrogate), the test passes, and DM's embeddings through ``torch.compile`` (inductor). One compiled function takes
-the network as an argument, so networks of the same architecture built afresh for every evaluation run (or every DM
-iteration) reuse the compiled graph instead of compiling again (torch inlines built-in modules and treats their
-parameters as inputs). The first call of a process still compiles, about 20 s for ConvNet-3 on the 2-core
-development machine (``results/perf/ideas/``), so it pays only for long work in one process. Compiled kernels
-reassociate floating-point sums: results differ from eager in the last bits, and every evaluation result records
-whether it was compiled (``compiled``).
+surrogate), the test passes, DM's embeddings and DC/DSA's real-side gradients through ``torch.compile`` (inductor).
+One compiled function takes the network as an argument, so networks of the same architecture built afresh for every
+evaluation run (or every DM iteration) reuse the compiled graph instead of compiling again (torch inlines built-in
+modules and treats their parameters as inputs). The first call of a process still compiles, about 20 s for
+ConvNet-3 on the 2-core development machine (``results/perf/ideas/``), so it pays only for long work in one
+process. Compiled kernels reassociate floating-point sums: results differ from eager in the last bits, and every
+evaluation result records whether it was compiled (``compiled``).
 
-The value names the backend: ``1``/``true``/``inductor`` for inductor, any other ``torch.compile`` backend name (e.g.
-``aot_eager``, which the tests use: same graph capture, no code generation) as is; ``0``/empty is off.
+The value names the backend: ``1``/``true``/``inductor`` for inductor, any other ``torch.compile`` backend name
+(e.g. ``aot_eager``, which the tests use: same graph capture, no code generation) as is; ``0``/empty is off.
 """
 
 from __future__ import annotations
