@@ -7,8 +7,9 @@ One compiled function takes the network as an argument, so networks of the same 
 evaluation run (or every DM iteration) reuse the compiled graph instead of compiling again (torch inlines built-in
 modules and treats their parameters as inputs). The first call of a process still compiles, about 20 s for
 ConvNet-3 on the 2-core development machine (``results/perf/ideas/``), so it pays only for long work in one
-process. Compiled kernels reassociate floating-point sums: results differ from eager in the last bits, and every
-evaluation result records whether it was compiled (``compiled``).
+process. Compiled kernels reassociate floating-point sums: results differ from eager by rounding (outputs in the
+last bits; DC's real-side gradients of the first convolution by up to 2e-3 of their largest entry, inductor on
+machine B), and every evaluation result records whether it was compiled (``compiled``).
 
 The value names the backend: ``1``/``true``/``inductor`` for inductor, any other ``torch.compile`` backend name
 (e.g. ``aot_eager``, which the tests use: same graph capture, no code generation) as is; ``0``/empty is off.
