@@ -227,3 +227,26 @@ def test_igd_cpu_preset_scales_the_deviation_strength_to_28px_images():
     cfg = resolve_config("igd", "fashion_mnist", 10, preset="cpu")
     assert cfg.igd_dev_scale == pytest.approx(120.0 * 28 * 28 / (4 * 32 * 32), abs=0.1)
     assert resolve_config("igd", "imagewoof", 10).igd_dev_scale == 120.0  # the published preset keeps the authors'
+
+
+def test_igd_sampling_seeds_share_the_run_seeds_surrogate(tiny_train, tmp_path, monkeypatch):
+    """Sets drawn at several ``sample_seed``s from one run share its trained components: IGD's surrogate is seeded
+    by the run's seed, the sampling noise by the sampling seed."""
+    import gendistill.generative.guided as guided
+    from gendistill.generative.method import pretrain
+
+    cfg = resolve_config("igd", "tiny", 2, preset="smoke")
+    model = pretrain(tiny_train, cfg, tmp_path / "pre", progress=False)
+    seeds = []
+    real = guided.surrogate_snapshots
+
+    def spy(train, config, seed, progress=False, cache_dir=None):
+        seeds.append(seed)
+        return real(train, config, seed, progress, cache_dir=tmp_path)
+
+    monkeypatch.setattr(guided, "surrogate_snapshots", spy)
+    sets = [IGDDistiller(resolve_config("igd", "tiny", 2, preset="smoke", overrides=[
+        f"pretrained={model}", f"sample_seed={s}"])).distill(tiny_train, 2, seed=5, progress=False) for s in (1, 2)]
+    assert seeds == [5, 5]
+    assert not torch.equal(sets[0].images, sets[1].images)  # the sampling noise differs
+    assert [s.meta["sample_seed"] for s in sets] == [1, 2]

@@ -131,8 +131,8 @@ class _GuidedDistiller(MinimaxDistiller):
 class MGD3Distiller(_GuidedDistiller):
     """MGD3: sampling pulled toward per-class k-means modes of the real data (training-free)."""
 
-    def generate_images(self, backbone: Backbone, train: RealDataset, ipc: int, seed: int, progress: bool
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def generate_images(self, backbone: Backbone, train: RealDataset, ipc: int, seed: int, progress: bool,
+                        run_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg: MGD3Config = self.config
         if cfg.sampler != "ancestral":
             raise ConfigError("mgd3 guides the ancestral sampler; use sampler=ancestral")
@@ -357,8 +357,8 @@ def real_gradients(net: torch.nn.Module, snapshots: list[dict[str, torch.Tensor]
 class IGDDistiller(_GuidedDistiller):
     """IGD: sampling guided by the influence of each sample on a surrogate's training, plus a deviation term."""
 
-    def generate_images(self, backbone: Backbone, train: RealDataset, ipc: int, seed: int, progress: bool
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def generate_images(self, backbone: Backbone, train: RealDataset, ipc: int, seed: int, progress: bool,
+                        run_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from tqdm.auto import tqdm
 
         from gendistill.generative.sample import guided_model
@@ -367,7 +367,8 @@ class IGDDistiller(_GuidedDistiller):
         if cfg.sampler != "ancestral":
             raise ConfigError("igd guides the ancestral sampler; use sampler=ancestral")
         class_ids = resolve_class_ids(backbone, train, cfg.class_ids or backbone.info.get("class_ids"))
-        net, snapshots = surrogate_snapshots(train, cfg, seed, progress)
+        # the surrogate is trained, like the model: the run's seed, so sampling seeds share it
+        net, snapshots = surrogate_snapshots(train, cfg, seed if run_seed is None else run_seed, progress)
         targets = real_gradients(net, snapshots, train, cfg.igd_grad_ipc)
         center = None
         if cfg.igd_dev_centered:  # the mean encoding of the target gradients' real images

@@ -466,9 +466,13 @@ class MinimaxDistiller(Distiller):
 
     finetunes: ClassVar[bool] = True
 
-    def generate_images(self, backbone: Backbone, train: RealDataset, ipc: int, seed: int, progress: bool
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The set's images from the (fine-tuned) backbone: :func:`generate`; guided methods override it."""
+    def generate_images(self, backbone: Backbone, train: RealDataset, ipc: int, seed: int, progress: bool,
+                        run_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The set's images from the (fine-tuned) backbone: :func:`generate`; guided methods override it.
+
+        ``seed`` seeds the sampling (``sample_seed``); ``run_seed`` is the run's seed, which trained the model and
+        seeds whatever else a method trains before sampling (IGD's surrogate), so that sets drawn at several
+        sampling seeds share every trained component (default: ``seed``)."""
         return generate(backbone, train, ipc, self.config, seed=seed, progress=progress)
 
     def distill(self, train: RealDataset, ipc: int, *, seed: int = 0, run: Any = None,
@@ -501,7 +505,7 @@ class MinimaxDistiller(Distiller):
             times["finetune_s"] = time.perf_counter() - clock
         clock = time.perf_counter()
         sample_seed = config.sample_seed if config.sample_seed >= 0 else seed
-        pixels, labels, seeds = self.generate_images(backbone, train, ipc, sample_seed, progress)
+        pixels, labels, seeds = self.generate_images(backbone, train, ipc, sample_seed, progress, run_seed=seed)
         times["sample_s"] = time.perf_counter() - clock
         synset = to_synset(self, train, pixels, labels, seeds, ipc, seed, out if keep else None)
         synset.meta.update(stage_times=times, sample_seed=sample_seed,
