@@ -78,16 +78,17 @@ def per_class_gradients(net: nn.Module, params: dict[str, torch.Tensor], x: torc
     def forward(xb: torch.Tensor) -> torch.Tensor:
         return functional_call(net, leaves, (xb,))
 
+    # real side (constant images, cache-blocked on CPU): through the network itself when ``params`` are its own,
+    # so that its forward is the compiled one when $GENDISTILL_COMPILE asks
     own = None if x.requires_grad else _own_parameters(net, params)
+    real_forward, real_inputs = (network_forward(net), own) if own is not None else (forward, inputs)
     per_class = []
     for c in range(x.shape[0]):
         if x.requires_grad:  # synthetic side: keep the graph for matching
             per_class.append(torch.autograd.grad(loss_fn(forward(x[c]), y[c]), inputs, create_graph=True))
-        elif own is not None:  # real side through the network itself: compiled when $GENDISTILL_COMPILE asks
-            per_class.append(blocked_mean_grads(loss_fn, network_forward(net), x[c], own, y[c],
+        else:
+            per_class.append(blocked_mean_grads(loss_fn, real_forward, x[c], real_inputs, y[c],
                                                 rows=block_rows(net, x[c])))
-        else:  # real side: constant images, cache-blocked on CPU
-            per_class.append(blocked_mean_grads(loss_fn, forward, x[c], inputs, y[c], rows=block_rows(net, x[c])))
     return {k: torch.stack([g[i] for g in per_class]) for i, k in enumerate(leaves)}
 
 
