@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,29 @@ def test_igd_influence_script_compares_the_batched_step_with_the_per_image_loop(
 
     result = igd_influence.measure(tiny_backbone(), tiny_train, network="convnet_w8", snapshots=2, repeats=1)
     assert result["max_rel_diff"] < 1e-4 and result["batched_s"] > 0 and result["loop_s"] > 0
+
+
+def test_rounds_pool_every_timed_iteration_and_the_loss_statistics(perf_scripts):
+    compare, _ = perf_scripts
+    first = compare.summarise([0.0, 3.0, 7.0], [5.0, 1.0, 2.0], warmup=0)
+    second = compare.summarise([0.0, 5.0, 6.0], [5.0, 4.0, 6.0], warmup=0)
+    pooled = compare.pooled_summary([first, second])
+    assert pooled["s_per_iteration_all"] == [3.0, 4.0, 5.0, 1.0] and pooled["s_per_iteration_median"] == 3.5
+    losses = [1.0, 2.0, 4.0, 6.0]  # each round keeps the losses after its start-up iteration
+    assert pooled["n_loss"] == 4 and pooled["loss_mean"] == pytest.approx(3.25)
+    assert pooled["loss_std"] == pytest.approx(statistics.pstdev(losses))
+    assert compare.pooled_summary([first]) is first
+
+
+def test_rounds_apply_to_method_comparisons_only(perf_scripts, tmp_path, capsys):
+    compare, table = perf_scripts
+    for argv in (["evaluate", "--ref", str(tmp_path), "--rounds", "2"],
+                 ["dsa", "--ref", str(tmp_path), "--rounds", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            compare.main(argv)
+        assert exc.value.code == 2 and "--rounds" in capsys.readouterr().err
+    record = json.loads((PERF.parents[1] / "results" / "perf" / "dm.json").read_text())
+    record["rounds"] = [{"first": "reference", "reference_s": 2.0, "ours_s": 1.0, "ratio": 2.0},
+                        {"first": "ours", "reference_s": 2.4, "ours_s": 1.6, "ratio": 1.5}]
+    assert "2 rounds, alternating which side goes first, timed iterations pooled (per-round ratios 2.00, 1.50)" \
+        in table.render([record])

@@ -31,6 +31,10 @@ window is lowered, identically on both sides, only as far as those short buffers
 the ``dsa`` recipe (ConvNet-3, ``--epochs`` epochs, random real MNIST IPC 10, then the 10k-image test) through the
 reference's ``evaluate_synset`` and through ``gendistill.evaluate``. A comparison listed in ``BLOCKED`` prints why it
 cannot run here and exits with status 3.
+
+``--rounds N`` (method comparisons) runs both sides N times, alternating which goes first, pools their timed
+iterations and records each round's ratio: the machine's own speed drifts by 10-25 % over minutes, which one run per
+side cannot tell from a difference between the sides.
 """
 
 from __future__ import annotations
@@ -545,8 +549,10 @@ def _ours_env(compile_ours: bool, bf16: bool = False) -> dict[str, str]:
 
 def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterations: int, threads: int,
                    warmup: int, sets: list[str], experts: int, expert_epochs: int, per_class: int,
-                   reference_experts: str = "ours", compile_ours: bool = False, ours_sets: tuple[str, ...] = ()
-                   ) -> dict:
+                   reference_experts: str = "ours", compile_ours: bool = False, ours_sets: tuple[str, ...] = (),
+                   rounds: int = 1) -> dict:
+    """Time both sides ``rounds`` times, alternating which goes first (reference first in round 0), so that a drift
+    of the machine's speed over the run falls on both; the summaries pool every round's timed iterations."""
     comp = SETTINGS[name]
     if comp.data == "random_cifar10":
         data_dir = make_random_cifar(work / "data", per_class)
@@ -560,23 +566,48 @@ def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterat
     buffers = make_buffers(comp, ref_dir, work, data_dir, threads, experts, expert_epochs, env, reference_experts) \
         if comp.buffers else None
     cmd, config = reference_command(comp, values, iterations, data_dir, work, ref_dir)
-    out = run(cmd, ref_dir / comp.cwd, threads, env)
-    rows = [line.split() for line in out.splitlines() if line.startswith("PERF_ITER")]
-    if not rows:
-        raise SystemExit(f"the reference printed no PERF_ITER line:\n{out[-2000:]}")
-    reference = summarise([float(r[2]) for r in rows], [float(r[3]) for r in rows], warmup)
-    # ours: per-iteration wall time from metrics.jsonl (one line per iteration)
-    run_dir = work / "ours"
     ours_cmd = ["--quiet", "--threads", str(threads), "distill", "--method", comp.method, "--dataset", dataset,
                 "--ipc", "10", "--data-root", str(data_dir), "--set", f"iterations={iterations + 1}",
                 *[a for k, v in values.items() for a in ("--set", f"{k}={v}")],
                 *[a for o in (*comp.overrides, *ours_sets) for a in ("--set", o)],
                 *(["--set", f"buffer={work / 'our_buffers'}"] if comp.buffers else []),
                 *(["--zca", "kornia"] if comp.zca else []),
-                "--log-every", "1", "--checkpoint-every", "0", "--out", str(run_dir)]
-    run([sys.executable, "-m", "gendistill.cli", *ours_cmd], REPO, threads, _ours_env(compile_ours))
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    ours = summarise([line["elapsed_s"] for line in lines], [comp.our_loss(line) for line in lines], warmup)
+                "--log-every", "1", "--checkpoint-every", "0", "--out", str(work / "ours")]
+
+    def time_reference() -> tuple[list[float], list[float]]:
+        out = run(cmd, ref_dir / comp.cwd, threads, env)
+        rows = [line.split() for line in out.splitlines() if line.startswith("PERF_ITER")]
+        if not rows:
+            raise SystemExit(f"the reference printed no PERF_ITER line:\n{out[-2000:]}")
+        return [float(r[2]) for r in rows], [float(r[3]) for r in rows]
+
+    def time_ours(round_index: int) -> list[dict]:
+        # per-iteration wall time from metrics.jsonl (one line per iteration); a fresh run folder per round
+        run_dir = work / ("ours" if round_index == 0 else f"ours_round{round_index}")
+        args = [*ours_cmd[:-1], str(run_dir)]
+        run([sys.executable, "-m", "gendistill.cli", *args], REPO, threads, _ours_env(compile_ours))
+        return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    per_round, ref_runs, our_runs = [], [], []
+    for i in range(rounds):
+        ref_run = ours_lines = None
+        for side in (("reference", "ours") if i % 2 == 0 else ("ours", "reference")):
+            if side == "reference":
+                ref_run = time_reference()
+            else:
+                ours_lines = time_ours(i)
+        assert ref_run is not None and ours_lines is not None
+        ref_runs.append(ref_run)
+        our_runs.append(ours_lines)
+        r = summarise(*ref_run, warmup)["s_per_iteration_median"]
+        o = summarise([x["elapsed_s"] for x in ours_lines], [comp.our_loss(x) for x in ours_lines],
+                      warmup)["s_per_iteration_median"]
+        per_round.append({"first": "reference" if i % 2 == 0 else "ours", "reference_s": r, "ours_s": o,
+                          "ratio": r / o})
+    reference = pooled_summary([summarise(*run_, warmup) for run_ in ref_runs])
+    lines = our_runs[0]
+    ours = pooled_summary([summarise([x["elapsed_s"] for x in run_], [comp.our_loss(x) for x in run_], warmup)
+                           for run_ in our_runs])
     extra = sorted({k for line in lines for k in line} - {"iteration", "elapsed_s", "loss"})
     ours["metrics_mean"] = {k: statistics.fmean(float(line[k]) for line in lines if k in line) for k in extra}
     ours["first_iteration_elapsed_s"] = lines[0]["elapsed_s"]  # start-up, and compilation under --compile
@@ -584,6 +615,8 @@ def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterat
               "ours_compiled": compile_ours,
               "reference_command": " ".join(["python", *cmd[1:]]), "ours_command": " ".join(["gendistill", *ours_cmd]),
               "ours_overrides": list(comp.overrides), "ours_set": list(ours_sets)}
+    if rounds > 1:
+        result["rounds"] = per_round
     if config:
         result["reference_config"] = config
     if buffers:
@@ -591,6 +624,20 @@ def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterat
     if comp.note:
         result["note"] = comp.note
     return result
+
+
+def pooled_summary(summaries: list[dict]) -> dict:
+    """One side's summary over several rounds: the median and the loss statistics of every timed iteration."""
+    if len(summaries) == 1:
+        return summaries[0]
+    steps = [t for s in summaries for t in s["s_per_iteration_all"]]
+    means = [(s["loss_mean"], s["loss_std"], s["n_loss"]) for s in summaries]
+    n = sum(k for _, _, k in means)
+    mean = sum(m * k for m, _, k in means) / n
+    var = sum(k * (sd ** 2 + (m - mean) ** 2) for m, sd, k in means) / n
+    return {"s_per_iteration_median": statistics.median(steps) if steps else math.nan,
+            "iterations_timed": len(steps), "s_per_iteration_all": steps, "loss_mean": mean,
+            "loss_std": math.sqrt(var), "n_loss": n}
 
 
 REFERENCE_NETWORKS = {"convnet": "ConvNet", "lenet": "LeNet", "alexnet": "AlexNet", "vgg11": "VGG11",
@@ -678,6 +725,10 @@ def main(argv: list[str] | None = None) -> int:
                          "own buffer scripts alias every snapshot on a CPU, see make_buffers) or from its own")
     ap.add_argument("--random-per-class", type=int, default=5000,
                     help="cafe/mtt/datm: random training images per class (CIFAR-10: 5000)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="methods: time both sides this many times, alternating which goes first, and pool the timed "
+                         "iterations (a drift of the machine's speed then falls on both sides; per-round ratios "
+                         "recorded)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--keep", default=None, metavar="DIR",
                     help="work in DIR (must be new or empty) and keep the patched reference, data, buffers and runs")
@@ -686,6 +737,8 @@ def main(argv: list[str] | None = None) -> int:
         # iterations + 1 are run and timed between their ends; the first --warmup of those intervals are dropped
         ap.error(f"--warmup {args.warmup} leaves no timed iteration of --iterations {args.iterations}; "
                  f"use --warmup {max(args.iterations - 1, 0)} or more --iterations")
+    if args.rounds < 1 or (args.rounds > 1 and args.comparison == "evaluate"):
+        ap.error("--rounds takes a positive count and applies to the method comparisons (evaluate: --runs)")
     if args.ours_sets and args.comparison == "evaluate":
         ap.error("--ours-set applies to the method comparisons; evaluate takes --compile and --bf16")
     if args.bf16 and args.comparison != "evaluate":
@@ -711,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = compare_method(args.comparison, ref_dir, work, data_root, args.iterations, args.threads,
                                     args.warmup, args.sets, args.experts, args.expert_epochs, args.random_per_class,
-                                    args.reference_experts, args.compile, tuple(args.ours_sets))
+                                    args.reference_experts, args.compile, tuple(args.ours_sets), args.rounds)
             r, o = result["reference"], result["ours"]
             result["ratio"] = r["s_per_iteration_median"] / o["s_per_iteration_median"]
             se = math.sqrt(r["loss_std"] ** 2 / max(r["n_loss"], 1) + o["loss_std"] ** 2 / max(o["n_loss"], 1))

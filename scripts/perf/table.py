@@ -47,6 +47,9 @@ def _row(rec: dict, machine: str) -> str:
     elif rec.get("ours_compiled"):
         changed += (f"; ours compiled (`--compile`): its first iteration, untimed, ended after "
                     f"{ours.get('first_iteration_elapsed_s', float('nan')):.1f} s")
+    if rec.get("rounds"):
+        changed += (f"; {len(rec['rounds'])} rounds, alternating which side goes first, timed iterations pooled "
+                    "(per-round ratios " + ", ".join(f"{r['ratio']:.2f}" for r in rec["rounds"]) + ")")
     if rec.get("ours_set"):
         changed += "; ours only: " + ", ".join(f"`{item}`" for item in rec["ours_set"])
     if rec.get("ours_inductor_cache"):
