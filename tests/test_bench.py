@@ -238,6 +238,16 @@ def test_entries_narrow_datasets_and_sampling_seeds():
         parse_spec({"methods": [{"name": "dm", "sample_seeds": 3}], "datasets": ["mnist"], "ipc": [1]})
 
 
+def test_an_entry_may_take_its_own_distillation_seeds():
+    spec = parse_spec({"methods": [{"name": "random", "distill_seeds": [1, 2]},
+                                   {"name": "dit", "sample_seeds": [0, 1]}], "datasets": ["mnist"], "ipc": [1]})
+    assert [c.id for c in spec.distill_cells()] == ["random_mnist_ipc1_s1", "random_mnist_ipc1_s2",
+                                                    "dit_mnist_ipc1_s0_ss0", "dit_mnist_ipc1_s0_ss1"]
+    assert parse_spec(spec.to_dict()).distill_cells() == spec.distill_cells()
+    with pytest.raises(ConfigError, match="distill_seeds of method entry 'random' must be a list of integers"):
+        parse_spec({"methods": [{"name": "random", "distill_seeds": 2}], "datasets": ["mnist"], "ipc": [1]})
+
+
 def test_cell_ids_are_unique_and_short():
     with pytest.raises(ConfigError, match="twice"):
         parse_spec({"methods": ["dm", {"name": "dm"}], "datasets": ["mnist"], "ipc": [1]})

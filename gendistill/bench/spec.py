@@ -8,6 +8,7 @@ ipc: [1, 10]
 distill_seeds: 1          # seeds 0..n-1 (or a list of seeds)
 sample_seeds: [0, 1, 2]   # generative methods: one set per sampling seed from the same trained model
 # an entry may narrow both: {name: minimax, preset: cpu, datasets: [mnist], sample_seeds: [0]}
+# or take its own seeds: {name: random, distill_seeds: [1, 2]}
 protocols: [dc]           # default: each method's own protocol
 eval_models: [convnet]    # cross-architecture: convnet, resnet_ap10, resnet18, vgg11, alexnet, timm:<name>
 runs: 3
@@ -51,6 +52,7 @@ class MethodEntry:
     name_label: str | None = None
     datasets: tuple[str, ...] | None = None  # only these of the spec's datasets (None: all)
     sample_seeds: tuple[int, ...] | None = None  # this entry's sampling seeds (None: the spec's)
+    distill_seeds: tuple[int, ...] | None = None  # this entry's distillation seeds (None: the spec's)
 
     @property
     def label(self) -> str:
@@ -134,7 +136,9 @@ class BenchSpec:
     def distill_cells(self) -> list[DistillCell]:
         """One cell per (method entry, dataset, IPC, distillation seed[, sampling seed])."""
         return [DistillCell(m, d, k, s, ss) for d in self.datasets for k in self.ipc for m in self.methods
-                if m.datasets is None or d in m.datasets for s in self.distill_seeds for ss in self._sample_axis(m)]
+                if m.datasets is None or d in m.datasets
+                for s in (self.distill_seeds if m.distill_seeds is None else m.distill_seeds)
+                for ss in self._sample_axis(m)]
 
     def _sample_axis(self, method: MethodEntry) -> list[int | None]:
         seeds = self.sample_seeds if method.sample_seeds is None else method.sample_seeds
@@ -193,7 +197,8 @@ class BenchSpec:
         out["methods"] = [{"name": m.name, "preset": m.preset, "set": list(m.set),
                            **({"label": m.name_label} if m.name_label else {}),
                            **({"datasets": list(m.datasets)} if m.datasets is not None else {}),
-                           **({"sample_seeds": list(m.sample_seeds)} if m.sample_seeds is not None else {})}
+                           **({"sample_seeds": list(m.sample_seeds)} if m.sample_seeds is not None else {}),
+                           **({"distill_seeds": list(m.distill_seeds)} if m.distill_seeds is not None else {})}
                           for m in self.methods]
         return out
 
@@ -251,16 +256,16 @@ def _method_entry(item: Any) -> MethodEntry:
         return MethodEntry(item)
     if not isinstance(item, dict) or "name" not in item:
         raise ConfigError(f"a method entry must be a name or {{name, preset, set}}, got {item!r}")
-    unknown = sorted(set(item) - {"name", "preset", "set", "label", "datasets", "sample_seeds"})
+    unknown = sorted(set(item) - {"name", "preset", "set", "label", "datasets", "sample_seeds", "distill_seeds"})
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r} in method entry {item['name']!r}; use name, preset, set, "
-                          "label, datasets, sample_seeds")
+                          "label, datasets, sample_seeds, distill_seeds")
     overrides = item.get("set") or []
     if isinstance(overrides, dict):
         overrides = [f"{k}={v}" for k, v in overrides.items()]
     label = str(item["label"]) if item.get("label") else None
     lists = {}
-    for key, kind in (("datasets", str), ("sample_seeds", int)):
+    for key, kind in (("datasets", str), ("sample_seeds", int), ("distill_seeds", int)):
         value = item.get(key)
         if value is None:
             continue
