@@ -588,26 +588,20 @@ def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterat
         run([sys.executable, "-m", "gendistill.cli", *args], REPO, threads, _ours_env(compile_ours))
         return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
-    per_round, ref_runs, our_runs = [], [], []
+    per_round, ref_sums, our_sums, lines = [], [], [], []
     for i in range(rounds):
-        ref_run = ours_lines = None
         for side in (("reference", "ours") if i % 2 == 0 else ("ours", "reference")):
             if side == "reference":
-                ref_run = time_reference()
+                ref_sums.append(summarise(*time_reference(), warmup))
             else:
-                ours_lines = time_ours(i)
-        assert ref_run is not None and ours_lines is not None
-        ref_runs.append(ref_run)
-        our_runs.append(ours_lines)
-        r = summarise(*ref_run, warmup)["s_per_iteration_median"]
-        o = summarise([x["elapsed_s"] for x in ours_lines], [comp.our_loss(x) for x in ours_lines],
-                      warmup)["s_per_iteration_median"]
+                round_lines = time_ours(i)
+                lines = lines or round_lines  # the first round's, for the metrics and the start-up time below
+                our_sums.append(summarise([x["elapsed_s"] for x in round_lines],
+                                          [comp.our_loss(x) for x in round_lines], warmup))
+        r, o = ref_sums[-1]["s_per_iteration_median"], our_sums[-1]["s_per_iteration_median"]
         per_round.append({"first": "reference" if i % 2 == 0 else "ours", "reference_s": r, "ours_s": o,
                           "ratio": r / o})
-    reference = pooled_summary([summarise(*run_, warmup) for run_ in ref_runs])
-    lines = our_runs[0]
-    ours = pooled_summary([summarise([x["elapsed_s"] for x in run_], [comp.our_loss(x) for x in run_], warmup)
-                           for run_ in our_runs])
+    reference, ours = pooled_summary(ref_sums), pooled_summary(our_sums)
     extra = sorted({k for line in lines for k in line} - {"iteration", "elapsed_s", "loss"})
     ours["metrics_mean"] = {k: statistics.fmean(float(line[k]) for line in lines if k in line) for k in extra}
     ours["first_iteration_elapsed_s"] = lines[0]["elapsed_s"]  # start-up, and compilation under --compile
