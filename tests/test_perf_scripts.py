@@ -129,3 +129,66 @@ def test_rounds_apply_to_method_comparisons_only(perf_scripts, tmp_path, capsys)
                         {"first": "ours", "reference_s": 2.4, "ours_s": 1.6, "ratio": 1.5}]
     assert "2 rounds, alternating which side goes first, timed iterations pooled (per-round ratios 2.00, 1.50)" \
         in table.render([record])
+
+
+def test_the_reference_profile_covers_only_the_timed_iterations(perf_scripts, tmp_path):
+    compare, _ = perf_scripts
+    script = tmp_path / "fake_reference.py"  # a stand-in reference: one op per phase between its timing prints
+    script.write_text(
+        "import torch\n"
+        "x = torch.ones(8, 8)\n"
+        "for it in range(4):\n"
+        f"    {compare.PERF.format(loss=1.0)}\n"
+        "    if it == 0: torch.cos(x)\n"
+        "    if it in (1, 2): torch.mm(x, x)\n"
+        "    if it == 3: torch.tanh(x)\n")
+    out = tmp_path / "table.txt"
+    env = {**compare.reference_env(tmp_path, compare.SETTINGS["dm"]), "PERF_PROFILE": str(out),
+           "PERF_PROFILE_START": "1", "PERF_PROFILE_STOP": "3", "PERF_PROFILE_ROWS": "20"}
+    compare.run([compare.sys.executable, str(script)], tmp_path, 1, env)
+    table = out.read_text()
+    assert "aten::mm" in table and "aten::cos" not in table and "aten::tanh" not in table
+
+
+def test_the_reference_profile_is_refused_where_it_does_not_apply(perf_scripts, tmp_path, capsys):
+    compare, _ = perf_scripts
+    for argv in (["evaluate", "--ref", str(tmp_path), "--profile-reference", str(tmp_path / "p.txt")],
+                 ["dm", "--ref", str(tmp_path), "--profile-reference", str(tmp_path / "p.txt"), "--rounds", "2"]):
+        with pytest.raises(SystemExit) as exc:
+            compare.main(argv)
+        assert exc.value.code == 2 and "--profile-reference" in capsys.readouterr().err
+
+
+def test_the_written_out_instance_norm_backward_has_group_norms_derivatives(monkeypatch):
+    import torch
+    from torch import nn
+
+    monkeypatch.syspath_prepend(str(PERF))
+    from instance_norm_double_backward import InstanceNorm
+
+    gen = torch.Generator().manual_seed(0)
+    ours, ref = InstanceNorm(4).double(), nn.GroupNorm(4, 4).double()
+    with torch.no_grad():
+        ours.weight.copy_(torch.randn(4, generator=gen, dtype=torch.float64))
+        ours.bias.copy_(torch.randn(4, generator=gen, dtype=torch.float64))
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 4, 5, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(3, 4, 5, 5, generator=gen, dtype=torch.float64)
+    results = []
+    for module in (ours, ref):
+        first = torch.autograd.grad((module(x) * dy).sum(), [x, module.weight], create_graph=True)
+        second = torch.autograd.grad(sum((g ** 2).sum() for g in first), [x, module.weight])
+        results.append((module(x), *first, *second))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    w, b = ours.weight.detach().clone().requires_grad_(), ours.bias.detach().clone().requires_grad_()
+    assert torch.autograd.gradgradcheck(
+        lambda x, w, b: torch.func.functional_call(ours, {"weight": w, "bias": b}, (x,)), (x, w, b))
+
+
+def test_one_iteration_per_round_gets_no_loss_verdict(perf_scripts):
+    _, table = perf_scripts
+    record = json.loads((PERF.parents[1] / "results" / "perf" / "avx512_bf16" / "dc_compiled_rounds.json").read_text())
+    assert record["reference"]["iterations_timed"] == len(record["rounds"]) == 2
+    row = table.render([record])
+    assert "n/a, one iteration per round" in row and "**no**" not in row

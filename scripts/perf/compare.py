@@ -32,6 +32,11 @@ the ``dsa`` recipe (ConvNet-3, ``--epochs`` epochs, random real MNIST IPC 10, th
 reference's ``evaluate_synset`` and through ``gendistill.evaluate``. A comparison listed in ``BLOCKED`` prints why it
 cannot run here and exits with status 3.
 
+``--profile-reference FILE`` (method comparisons) runs the reference side alone, once, with ``torch.profiler`` on
+over its timed iterations (started and stopped at its timing prints by the ``sitecustomize`` shim, so the reference's
+files are not edited further) and writes the top operators by self CPU time to FILE, the reference's counterpart of
+``op_profile.py``'s tables of our side.
+
 ``--rounds N`` (method comparisons) runs both sides N times, alternating which goes first, pools their timed
 iterations and records each round's ratio: the machine's own speed drifts by 10-25 % over minutes, which one run per
 side cannot tell from a difference between the sides.
@@ -280,13 +285,38 @@ class Image(Histogram):
     pass
 '''
 
-SHIM_SITE = '''"""scripts/perf/compare.py: the CIFAR-10 files are random stand-ins: torchvision skips their md5."""
+SHIM_SITE = '''"""scripts/perf/compare.py: the CIFAR-10 files are random stand-ins: torchvision skips their md5; with
+PERF_PROFILE set, torch.profiler runs between two of the reference's timing prints (--profile-reference)."""
 import os
 
 if os.environ.get("PERF_RANDOM_CIFAR") == "1":
     import torchvision.datasets.cifar as _cifar
 
     _cifar.check_integrity = lambda fpath, md5=None: os.path.isfile(fpath)
+
+if os.environ.get("PERF_PROFILE"):  # --profile-reference: torch.profiler over the timed iterations only
+    import builtins
+
+    _print, _seen, _prof = builtins.print, [0], []
+
+    def _profiling_print(*args, **kwargs):
+        if args and args[0] == "PERF_ITER":
+            index = _seen[0]
+            _seen[0] += 1
+            if index == int(os.environ["PERF_PROFILE_START"]):
+                from torch.profiler import ProfilerActivity, profile
+
+                _prof.append(profile(activities=[ProfilerActivity.CPU]))
+                _prof[0].start()
+            elif index == int(os.environ["PERF_PROFILE_STOP"]) and _prof:
+                _prof[0].stop()
+                table = _prof[0].key_averages().table(sort_by="self_cpu_time_total",
+                                                      row_limit=int(os.environ["PERF_PROFILE_ROWS"]))
+                with open(os.environ["PERF_PROFILE"], "w") as f:
+                    f.write(table)
+        return _print(*args, **kwargs)
+
+    builtins.print = _profiling_print
 '''
 
 #: writes our experts (gendistill buffers) as the reference's replay_buffer_0.pt: per expert, per epoch, the list of
@@ -547,13 +577,10 @@ def _ours_env(compile_ours: bool, bf16: bool = False) -> dict[str, str]:
     return {"GENDISTILL_COMPILE": "1" if compile_ours else "0", "GENDISTILL_AUTOCAST": "bf16" if bf16 else "0"}
 
 
-def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterations: int, threads: int,
-                   warmup: int, sets: list[str], experts: int, expert_epochs: int, per_class: int,
-                   reference_experts: str = "ours", compile_ours: bool = False, ours_sets: tuple[str, ...] = (),
-                   rounds: int = 1) -> dict:
-    """Time both sides ``rounds`` times, alternating which goes first (reference first in round 0), so that a drift
-    of the machine's speed over the run falls on both; the summaries pool every round's timed iterations."""
-    comp = SETTINGS[name]
+def _prepare_sides(comp: Comparison, ref_dir: Path, work: Path, data_root: Path, iterations: int, threads: int,
+                   sets: list[str], experts: int, expert_epochs: int, per_class: int, reference_experts: str) -> tuple:
+    """What both sides of a method comparison share: the data (and its description), the reference's environment,
+    the shared settings (and which were changed), the expert buffers, and the reference's command (and config)."""
     if comp.data == "random_cifar10":
         data_dir = make_random_cifar(work / "data", per_class)
         dataset, data = "cifar10", {"dataset": "random CIFAR-10-shaped (see make_random_cifar)",
@@ -566,6 +593,45 @@ def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterat
     buffers = make_buffers(comp, ref_dir, work, data_dir, threads, experts, expert_epochs, env, reference_experts) \
         if comp.buffers else None
     cmd, config = reference_command(comp, values, iterations, data_dir, work, ref_dir)
+    return data_dir, dataset, data, env, values, changed, buffers, cmd, config
+
+
+def profile_reference(name: str, ref_dir: Path, work: Path, data_root: Path, iterations: int, threads: int,
+                      warmup: int, sets: list[str], experts: int, expert_epochs: int, per_class: int,
+                      reference_experts: str = "ours", rows: int = 15) -> str:
+    """The reference side of ``compare.py NAME`` run once under ``torch.profiler`` (``--profile-reference``): the
+    top operators by self CPU time over its timed iterations (those after ``warmup``), under a header of what ran."""
+    comp = SETTINGS[name]
+    _, _, data, env, values, changed, _, cmd, _ = _prepare_sides(
+        comp, ref_dir, work, data_root, iterations, threads, sets, experts, expert_epochs, per_class,
+        reference_experts)
+    table_file = work / "reference_profile.txt"
+    run(cmd, ref_dir / comp.cwd, threads, {**env, "PERF_PROFILE": str(table_file), "PERF_PROFILE_START": str(warmup),
+                                           "PERF_PROFILE_STOP": str(iterations), "PERF_PROFILE_ROWS": str(rows)})
+    if not table_file.is_file():
+        raise SystemExit(f"the reference ran but wrote no profile (fewer than {iterations + 1} timing prints?)")
+    setting = "published" if not changed else "changed from published: " + ", ".join(
+        f"{k} {v['used']} (published {v['published']})" for k, v in changed.items())
+    what = data["dataset"] + (f", {per_class} per class" if "train_per_class" in data else "")
+    if comp.buffers:
+        what += f"; experts: {reference_experts}, {experts} x {expert_epochs} epochs"
+    command = " ".join(cmd[1:]).replace(str(work), "WORK")  # WORK: the harness's temporary work folder
+    return (f"reference {name} ({REFERENCES[comp.reference][0]}): {iterations - warmup} outer iterations after "
+            f"{warmup} warm-up, as compare.py {name}: {what}; {setting}\n"
+            f"threads {threads}; {platform.processor() or platform.machine()}\n"
+            f"command: python {command}\n\n{table_file.read_text()}\n")
+
+
+def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterations: int, threads: int,
+                   warmup: int, sets: list[str], experts: int, expert_epochs: int, per_class: int,
+                   reference_experts: str = "ours", compile_ours: bool = False, ours_sets: tuple[str, ...] = (),
+                   rounds: int = 1) -> dict:
+    """Time both sides ``rounds`` times, alternating which goes first (reference first in round 0), so that a drift
+    of the machine's speed over the run falls on both; the summaries pool every round's timed iterations."""
+    comp = SETTINGS[name]
+    data_dir, dataset, data, env, values, changed, buffers, cmd, config = _prepare_sides(
+        comp, ref_dir, work, data_root, iterations, threads, sets, experts, expert_epochs, per_class,
+        reference_experts)
     ours_cmd = ["--quiet", "--threads", str(threads), "distill", "--method", comp.method, "--dataset", dataset,
                 "--ipc", "10", "--data-root", str(data_dir), "--set", f"iterations={iterations + 1}",
                 *[a for k, v in values.items() for a in ("--set", f"{k}={v}")],
@@ -723,6 +789,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="methods: time both sides this many times, alternating which goes first, and pool the timed "
                          "iterations (a drift of the machine's speed then falls on both sides; per-round ratios "
                          "recorded)")
+    ap.add_argument("--profile-reference", type=Path, default=None, metavar="FILE",
+                    help="methods: run only the reference, once, under torch.profiler over its timed iterations, and "
+                         "write its top operators by self CPU time to FILE (no timing record)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--keep", default=None, metavar="DIR",
                     help="work in DIR (must be new or empty) and keep the patched reference, data, buffers and runs")
@@ -735,6 +804,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--rounds takes a positive count and applies to the method comparisons (evaluate: --runs)")
     if args.ours_sets and args.comparison == "evaluate":
         ap.error("--ours-set applies to the method comparisons; evaluate takes --compile and --bf16")
+    if args.profile_reference and (args.comparison == "evaluate" or args.rounds > 1 or args.compile
+                                   or args.ours_sets or args.json):
+        ap.error("--profile-reference runs one method's reference alone: it takes no --rounds, --compile, --ours-set "
+                 "or --json, and not evaluate")
     if args.bf16 and args.comparison != "evaluate":
         ap.error("--bf16 applies to evaluate; a method's bfloat16 real side is --ours-set amp_real=true")
     if args.comparison in BLOCKED:
@@ -751,6 +824,17 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir()
         commit = export_reference(Path(args.ref), ref_dir, reference)
         start = time.perf_counter()
+        if args.profile_reference:
+            table = profile_reference(args.comparison, ref_dir, work, data_root, args.iterations, args.threads,
+                                      args.warmup, args.sets, args.experts, args.expert_epochs,
+                                      args.random_per_class, args.reference_experts)
+            harness = " ".join(["python", "scripts/perf/compare.py", *(argv or sys.argv[1:])])
+            header = f"{table.splitlines()[0]}\nreference commit {commit}\nharness: {harness}\n"
+            text = header + "\n".join(table.splitlines()[1:]) + "\n"
+            args.profile_reference.parent.mkdir(parents=True, exist_ok=True)
+            args.profile_reference.write_text(text)
+            print(text)
+            return 0
         if args.comparison == "evaluate":
             result = compare_evaluate(ref_dir, work, data_root, args.epochs, args.threads, args.model, args.runs,
                                       args.compile, args.bf16)
