@@ -60,7 +60,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -577,8 +577,30 @@ def _ours_env(compile_ours: bool, bf16: bool = False) -> dict[str, str]:
     return {"GENDISTILL_COMPILE": "1" if compile_ours else "0", "GENDISTILL_AUTOCAST": "bf16" if bf16 else "0"}
 
 
+class Sides(NamedTuple):
+    """What both sides of a method comparison share (:func:`_prepare_sides`)."""
+
+    data_dir: Path
+    dataset: str
+    data: dict
+    env: dict[str, str]
+    values: dict[str, Any]
+    changed: dict
+    buffers: dict | None
+    cmd: list[str]
+    config: str
+
+
+def describe_changed(changed: dict) -> str:
+    """``changed from published: k used (published p), ...`` for the shared settings lowered, else ``published``."""
+    if not changed:
+        return "published"
+    return "changed from published: " + ", ".join(f"{k} {v['used']} (published {v['published']})"
+                                                 for k, v in changed.items())
+
+
 def _prepare_sides(comp: Comparison, ref_dir: Path, work: Path, data_root: Path, iterations: int, threads: int,
-                   sets: list[str], experts: int, expert_epochs: int, per_class: int, reference_experts: str) -> tuple:
+                   sets: list[str], experts: int, expert_epochs: int, per_class: int, reference_experts: str) -> Sides:
     """What both sides of a method comparison share: the data (and its description), the reference's environment,
     the shared settings (and which were changed), the expert buffers, and the reference's command (and config)."""
     if comp.data == "random_cifar10":
@@ -593,7 +615,7 @@ def _prepare_sides(comp: Comparison, ref_dir: Path, work: Path, data_root: Path,
     buffers = make_buffers(comp, ref_dir, work, data_dir, threads, experts, expert_epochs, env, reference_experts) \
         if comp.buffers else None
     cmd, config = reference_command(comp, values, iterations, data_dir, work, ref_dir)
-    return data_dir, dataset, data, env, values, changed, buffers, cmd, config
+    return Sides(data_dir, dataset, data, env, values, changed, buffers, cmd, config)
 
 
 def profile_reference(name: str, ref_dir: Path, work: Path, data_root: Path, iterations: int, threads: int,
@@ -602,22 +624,20 @@ def profile_reference(name: str, ref_dir: Path, work: Path, data_root: Path, ite
     """The reference side of ``compare.py NAME`` run once under ``torch.profiler`` (``--profile-reference``): the
     top operators by self CPU time over its timed iterations (those after ``warmup``), under a header of what ran."""
     comp = SETTINGS[name]
-    _, _, data, env, values, changed, _, cmd, _ = _prepare_sides(
-        comp, ref_dir, work, data_root, iterations, threads, sets, experts, expert_epochs, per_class,
-        reference_experts)
+    sides = _prepare_sides(comp, ref_dir, work, data_root, iterations, threads, sets, experts, expert_epochs,
+                           per_class, reference_experts)
     table_file = work / "reference_profile.txt"
-    run(cmd, ref_dir / comp.cwd, threads, {**env, "PERF_PROFILE": str(table_file), "PERF_PROFILE_START": str(warmup),
-                                           "PERF_PROFILE_STOP": str(iterations), "PERF_PROFILE_ROWS": str(rows)})
+    run(sides.cmd, ref_dir / comp.cwd, threads,
+        {**sides.env, "PERF_PROFILE": str(table_file), "PERF_PROFILE_START": str(warmup),
+         "PERF_PROFILE_STOP": str(iterations), "PERF_PROFILE_ROWS": str(rows)})
     if not table_file.is_file():
         raise SystemExit(f"the reference ran but wrote no profile (fewer than {iterations + 1} timing prints?)")
-    setting = "published" if not changed else "changed from published: " + ", ".join(
-        f"{k} {v['used']} (published {v['published']})" for k, v in changed.items())
-    what = data["dataset"] + (f", {per_class} per class" if "train_per_class" in data else "")
+    what = sides.data["dataset"] + (f", {per_class} per class" if "train_per_class" in sides.data else "")
     if comp.buffers:
         what += f"; experts: {reference_experts}, {experts} x {expert_epochs} epochs"
-    command = " ".join(cmd[1:]).replace(str(work), "WORK")  # WORK: the harness's temporary work folder
+    command = " ".join(sides.cmd[1:]).replace(str(work), "WORK")  # WORK: the harness's temporary work folder
     return (f"reference {name} ({REFERENCES[comp.reference][0]}): {iterations - warmup} outer iterations after "
-            f"{warmup} warm-up, as compare.py {name}: {what}; {setting}\n"
+            f"{warmup} warm-up, as compare.py {name}: {what}; {describe_changed(sides.changed)}\n"
             f"threads {threads}; {platform.processor() or platform.machine()}\n"
             f"command: python {command}\n\n{table_file.read_text()}\n")
 

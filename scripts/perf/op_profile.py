@@ -49,8 +49,7 @@ def _as_compared(name: str, work: Path, args: argparse.Namespace) -> tuple[str, 
         sets.append(f"buffer={work / 'buffers'}")
         what += f"; our {comp.buffers} experts, {args.experts} x {args.expert_epochs} epochs"
     if changed:
-        what += "; changed from published: " + ", ".join(f"{k} {v['used']} (published {v['published']})"
-                                                        for k, v in changed.items())
+        what += "; " + compare.describe_changed(changed)
     return str(data_dir), "kornia" if comp.zca else None, sets, what
 
 
