@@ -117,9 +117,19 @@ def test_rounds_pool_every_timed_iteration_and_the_loss_statistics(perf_scripts)
     assert compare.pooled_summary([first]) is first
 
 
-def test_rounds_apply_to_method_comparisons_only(perf_scripts, tmp_path, capsys):
+def test_rounds_alternate_which_side_goes_first(perf_scripts):
+    compare, _ = perf_scripts
+    order = []
+    reference, ours, firsts = compare.alternate_rounds(
+        3, lambda i: order.append(("reference", i)) or 2.0 + i, lambda i: order.append(("ours", i)) or 1.0 + i)
+    assert order == [("reference", 0), ("ours", 0), ("ours", 1), ("reference", 1), ("reference", 2), ("ours", 2)]
+    assert reference == [2.0, 3.0, 4.0] and ours == [1.0, 2.0, 3.0] and firsts == ["reference", "ours", "reference"]
+    assert [r["ratio"] for r in compare.round_ratios(firsts, reference, ours)] == [2.0, 1.5, 4.0 / 3.0]
+
+
+def test_rounds_take_a_positive_count(perf_scripts, tmp_path, capsys):
     compare, table = perf_scripts
-    for argv in (["evaluate", "--ref", str(tmp_path), "--rounds", "2"],
+    for argv in (["evaluate", "--ref", str(tmp_path), "--rounds", "0"],
                  ["dsa", "--ref", str(tmp_path), "--rounds", "0"]):
         with pytest.raises(SystemExit) as exc:
             compare.main(argv)

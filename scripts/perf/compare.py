@@ -37,9 +37,9 @@ over its timed iterations (started and stopped at its timing prints by the ``sit
 files are not edited further) and writes the top operators by self CPU time to FILE, the reference's counterpart of
 ``op_profile.py``'s tables of our side.
 
-``--rounds N`` (method comparisons) runs both sides N times, alternating which goes first, pools their timed
-iterations and records each round's ratio: the machine's own speed drifts by 10-25 % over minutes, which one run per
-side cannot tell from a difference between the sides.
+``--rounds N`` runs both sides N times, alternating which goes first, pools their timed iterations (``evaluate``:
+their seconds per run) and records each round's ratio: the machine's own speed drifts by 10-25 % over minutes, which
+one run per side cannot tell from a difference between the sides.
 """
 
 from __future__ import annotations
@@ -660,7 +660,7 @@ def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterat
                 *(["--zca", "kornia"] if comp.zca else []),
                 "--log-every", "1", "--checkpoint-every", "0", "--out", str(work / "ours")]
 
-    def time_reference() -> tuple[list[float], list[float]]:
+    def time_reference(round_index: int) -> tuple[list[float], list[float]]:
         out = run(cmd, ref_dir / comp.cwd, threads, env)
         rows = [line.split() for line in out.splitlines() if line.startswith("PERF_ITER")]
         if not rows:
@@ -674,19 +674,13 @@ def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterat
         run([sys.executable, "-m", "gendistill.cli", *args], REPO, threads, _ours_env(compile_ours))
         return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
-    per_round, ref_sums, our_sums, lines = [], [], [], []
-    for i in range(rounds):
-        for side in (("reference", "ours") if i % 2 == 0 else ("ours", "reference")):
-            if side == "reference":
-                ref_sums.append(summarise(*time_reference(), warmup))
-            else:
-                round_lines = time_ours(i)
-                lines = lines or round_lines  # the first round's, for the metrics and the start-up time below
-                our_sums.append(summarise([x["elapsed_s"] for x in round_lines],
-                                          [comp.our_loss(x) for x in round_lines], warmup))
-        r, o = ref_sums[-1]["s_per_iteration_median"], our_sums[-1]["s_per_iteration_median"]
-        per_round.append({"first": "reference" if i % 2 == 0 else "ours", "reference_s": r, "ours_s": o,
-                          "ratio": r / o})
+    ref_rounds, our_rounds, firsts = alternate_rounds(rounds, time_reference, time_ours)
+    lines = our_rounds[0]  # the first round's, for the metrics and the start-up time below
+    ref_sums = [summarise(*r, warmup) for r in ref_rounds]
+    our_sums = [summarise([x["elapsed_s"] for x in round_lines], [comp.our_loss(x) for x in round_lines], warmup)
+                for round_lines in our_rounds]
+    per_round = round_ratios(firsts, [s["s_per_iteration_median"] for s in ref_sums],
+                             [s["s_per_iteration_median"] for s in our_sums])
     reference, ours = pooled_summary(ref_sums), pooled_summary(our_sums)
     extra = sorted({k for line in lines for k in line} - {"iteration", "elapsed_s", "loss"})
     ours["metrics_mean"] = {k: statistics.fmean(float(line[k]) for line in lines if k in line) for k in extra}
@@ -704,6 +698,28 @@ def compare_method(name: str, ref_dir: Path, work: Path, data_root: Path, iterat
     if comp.note:
         result["note"] = comp.note
     return result
+
+
+def alternate_rounds(rounds: int, time_reference: Callable[[int], Any],
+                     time_ours: Callable[[int], Any]) -> tuple[list, list, list[str]]:
+    """Run both sides ``rounds`` times, the reference first in even rounds and ours first in odd ones, so that a drift
+    of the machine's speed over the run falls on both: each side's result per round, and which side went first."""
+    reference, ours, firsts = [], [], []
+    for i in range(rounds):
+        first = "reference" if i % 2 == 0 else "ours"
+        for side in (("reference", "ours") if first == "reference" else ("ours", "reference")):
+            if side == "reference":
+                reference.append(time_reference(i))
+            else:
+                ours.append(time_ours(i))
+        firsts.append(first)
+    return reference, ours, firsts
+
+
+def round_ratios(firsts: list[str], reference_s: list[float], ours_s: list[float]) -> list[dict]:
+    """The per-round record: which side went first, both sides' seconds and their ratio."""
+    return [{"first": f, "reference_s": r, "ours_s": o, "ratio": r / o}
+            for f, r, o in zip(firsts, reference_s, ours_s, strict=True)]
 
 
 def pooled_summary(summaries: list[dict]) -> dict:
@@ -725,12 +741,14 @@ REFERENCE_NETWORKS = {"convnet": "ConvNet", "lenet": "LeNet", "alexnet": "AlexNe
 
 
 def compare_evaluate(ref_dir: Path, work: Path, data_root: Path, epochs: int, threads: int, model: str = "convnet",
-                     runs: int = 1, compile_ours: bool = False, bf16: bool = False) -> dict:
+                     runs: int = 1, compile_ours: bool = False, bf16: bool = False, rounds: int = 1) -> dict:
     """One ``dsa``-recipe evaluation of random real MNIST IPC 10 per side, ``runs`` networks each (the reference's
     run ``i`` seeds torch with ``i``; ours are the protocol's seeded runs): seconds and test accuracy per run.
     ``compile_ours``: our side under ``GENDISTILL_COMPILE=1``; its seconds per run are the mean over the runs, so the
     first run's compilation is spread over them. ``bf16``: our networks train and test under bfloat16 autocast
-    (``GENDISTILL_AUTOCAST=bf16``; the reference has no such option)."""
+    (``GENDISTILL_AUTOCAST=bf16``; the reference has no such option). ``rounds``: both sides that many times,
+    alternating which goes first (:func:`alternate_rounds`); seconds pooled over the rounds, accuracies of the first
+    round (every round trains the same seeded networks)."""
     import torch
 
     import gendistill
@@ -740,11 +758,9 @@ def compare_evaluate(ref_dir: Path, work: Path, data_root: Path, epochs: int, th
     images, labels = syn.materialize()
     torch.save({"images": images, "labels": labels}, work / "set.pt")
     (work / "driver.py").write_text(EVAL_DRIVER)
-    out = run([sys.executable, str(work / "driver.py"), str(ref_dir), str(work / "set.pt"),
-               str(link_mnist(data_root, work / "data")), str(epochs), REFERENCE_NETWORKS[model], str(runs)],
-              ref_dir, threads)
-    ref_rows = [line.split()[1:] for line in out.splitlines() if line.startswith("PERF_EVAL")]
     syn.save(work / "synset")
+    ref_cmd = [sys.executable, str(work / "driver.py"), str(ref_dir), str(work / "set.pt"),
+               str(link_mnist(data_root, work / "data")), str(epochs), REFERENCE_NETWORKS[model], str(runs)]
     code = ("import json, sys, time, gendistill\n"
             f"splits = gendistill.load_dataset('mnist', {str(data_root)!r})\n"
             f"syn = gendistill.load_synset({str(work / 'synset')!r})\n"
@@ -752,17 +768,29 @@ def compare_evaluate(ref_dir: Path, work: Path, data_root: Path, epochs: int, th
             f"r = gendistill.evaluate(syn, splits.test, 'dsa', model={model!r}, runs={runs}, epochs={epochs}, "
             "progress=False)\n"
             "print('PERF_EVAL', (time.perf_counter() - start) / len(r.accs), json.dumps(r.accs))\n")
-    ours = run([sys.executable, "-c", code], REPO, threads, _ours_env(compile_ours, bf16))
-    seconds_ours, accs_ours = next(line.split(" ", 2)[1:] for line in ours.splitlines()
-                                   if line.startswith("PERF_EVAL"))
-    ref_accs = [100 * float(acc) for _, acc in ref_rows]
-    our_accs = [float(a) for a in json.loads(accs_ours)]
-    return {"model": model, "epochs": epochs, "runs": runs, "ours_compiled": compile_ours,
-            "ours_autocast": "bf16" if bf16 else None,
-            "reference": {"s_per_run": statistics.median(float(s) for s, _ in ref_rows),
-                          "accuracy": statistics.fmean(ref_accs), "accuracies": ref_accs},
-            "ours": {"s_per_run": float(seconds_ours), "accuracy": statistics.fmean(our_accs),
-                     "accuracies": our_accs}}
+
+    def time_reference(round_index: int) -> list[tuple[float, float]]:
+        out = run(ref_cmd, ref_dir, threads)
+        return [(float(s), 100 * float(acc)) for s, acc in
+                (line.split()[1:] for line in out.splitlines() if line.startswith("PERF_EVAL"))]
+
+    def time_ours(round_index: int) -> tuple[float, list[float]]:
+        out = run([sys.executable, "-c", code], REPO, threads, _ours_env(compile_ours, bf16))
+        seconds, accs = next(line.split(" ", 2)[1:] for line in out.splitlines() if line.startswith("PERF_EVAL"))
+        return float(seconds), [float(a) for a in json.loads(accs)]
+
+    ref_rounds, our_rounds, firsts = alternate_rounds(rounds, time_reference, time_ours)
+    ref_accs, our_accs = [acc for _, acc in ref_rounds[0]], our_rounds[0][1]
+    result = {"model": model, "epochs": epochs, "runs": runs, "ours_compiled": compile_ours,
+              "ours_autocast": "bf16" if bf16 else None,
+              "reference": {"s_per_run": statistics.median(s for rows in ref_rounds for s, _ in rows),
+                            "accuracy": statistics.fmean(ref_accs), "accuracies": ref_accs},
+              "ours": {"s_per_run": statistics.median(s for s, _ in our_rounds),
+                       "accuracy": statistics.fmean(our_accs), "accuracies": our_accs}}
+    if rounds > 1:
+        result["rounds"] = round_ratios(firsts, [statistics.median(s for s, _ in rows) for rows in ref_rounds],
+                                        [s for s, _ in our_rounds])
+    return result
 
 
 def machine() -> dict:
@@ -806,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--random-per-class", type=int, default=5000,
                     help="cafe/mtt/datm: random training images per class (CIFAR-10: 5000)")
     ap.add_argument("--rounds", type=int, default=1,
-                    help="methods: time both sides this many times, alternating which goes first, and pool the timed "
+                    help="time both sides this many times, alternating which goes first, and pool the timed "
                          "iterations (a drift of the machine's speed then falls on both sides; per-round ratios "
                          "recorded)")
     ap.add_argument("--profile-reference", type=Path, default=None, metavar="FILE",
@@ -820,8 +848,8 @@ def main(argv: list[str] | None = None) -> int:
         # iterations + 1 are run and timed between their ends; the first --warmup of those intervals are dropped
         ap.error(f"--warmup {args.warmup} leaves no timed iteration of --iterations {args.iterations}; "
                  f"use --warmup {max(args.iterations - 1, 0)} or more --iterations")
-    if args.rounds < 1 or (args.rounds > 1 and args.comparison == "evaluate"):
-        ap.error("--rounds takes a positive count and applies to the method comparisons (evaluate: --runs)")
+    if args.rounds < 1:
+        ap.error("--rounds takes a positive count")
     if args.ours_sets and args.comparison == "evaluate":
         ap.error("--ours-set applies to the method comparisons; evaluate takes --compile and --bf16")
     if args.profile_reference and (args.comparison == "evaluate" or args.rounds > 1 or args.compile
@@ -857,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.comparison == "evaluate":
             result = compare_evaluate(ref_dir, work, data_root, args.epochs, args.threads, args.model, args.runs,
-                                      args.compile, args.bf16)
+                                      args.compile, args.bf16, args.rounds)
             result["ratio"] = result["reference"]["s_per_run"] / result["ours"]["s_per_run"]
         else:
             result = compare_method(args.comparison, ref_dir, work, data_root, args.iterations, args.threads,
