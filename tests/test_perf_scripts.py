@@ -62,6 +62,8 @@ def test_the_table_names_each_rows_machine_and_our_side_only_settings(perf_scrip
     evaluation = json.loads((PERF.parents[1] / "results" / "perf" / "evaluate.json").read_text())
     evaluation["ours_autocast"] = "bf16"
     assert "ours under bf16 autocast (`--bf16`)" in table.render([evaluation])
+    evaluation["conditions"] = "other jobs stopped for the run"
+    assert "; other jobs stopped for the run |" in table.render([evaluation])
 
 
 def test_our_side_only_settings_are_refused_for_the_evaluation(perf_scripts, tmp_path):

@@ -57,6 +57,8 @@ def _row(rec: dict, machine: str) -> str:
         changed += "; ours only: " + ", ".join(f"`{item}`" for item in rec["ours_set"])
     if rec.get("ours_inductor_cache"):
         changed += f"; inductor cache {rec['ours_inductor_cache']}"
+    if rec.get("conditions"):  # what the machine was doing, written into a record by hand after the run
+        changed += f"; {rec['conditions']}"
     return (f"| `{rec['comparison']}` | {rec['reference_repo']}@{rec['reference_commit'][:7]} | "
             f"{ref[key]:.2f} | {ours[key]:.2f} | {unit} | "
             f"**{ratio:.2f}×**{'' if ratio >= TARGET else ' (below 2×)'} | {ref.get('iterations_timed', 1)} | "
