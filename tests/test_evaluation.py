@@ -163,6 +163,7 @@ def test_teacher_protocol_relabels_every_augmented_view_for_hard_and_soft_sets(t
     xb, yb, teacher = seen[-1]
     assert yb.dim() == 2 and torch.allclose(yb, F.softmax(teacher(xb) / 20.0, dim=1))  # the teacher's view labels
     assert result.teacher["recipe"]["model"] == "convnet_w8" and result.protocol["teacher"] == "convnet_w8"
+    assert 0.0 <= result.teacher["test_accuracy"] <= 100.0  # the teacher's own accuracy on the test split
     soft = SyntheticSet(hard.images, F.one_hot(hard.labels, 10).float(), hard.class_names, hard.preprocessing,
                         meta={"method": "datm"})
     again = evaluate(soft, tiny_test, proto, train=tiny_train, progress=False)  # soft labels: relabelled too

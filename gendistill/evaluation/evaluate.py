@@ -105,7 +105,8 @@ class EvalResult:
 def _teacher(protocol: EvalProtocol, train: RealDataset | None, test: RealDataset, device: Any,
              progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """The protocol's teacher: ``protocol.teacher`` trained on the full real training split, cached like the
-    set-quality report's network (its own seed, so it is not that network)."""
+    set-quality report's network (its own seed, so it is not that network). Its record carries its own accuracy on
+    ``test`` (``test_accuracy``, %): the labels' ceiling that every student of this regime learns from."""
     from gendistill.evaluation.features import FeatureSpec, cached_feature_network
 
     if train is None:
@@ -119,7 +120,9 @@ def _teacher(protocol: EvalProtocol, train: RealDataset | None, test: RealDatase
                                          role=f"teacher-{protocol.teacher}")
     for p in net.parameters():
         p.requires_grad_(False)
-    return net, record
+    # on a copy: the test pass may change the network's memory format, and the relabelling must not see that
+    accuracy = split_accuracy(copy.deepcopy(net), test, device=device)
+    return net, {**record, "test_accuracy": round(accuracy, 2)}
 
 
 def _check_compatible(synset: SyntheticSet, test: RealDataset, protocol: EvalProtocol, relabelled: bool = False
