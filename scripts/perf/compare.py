@@ -771,8 +771,10 @@ def compare_evaluate(ref_dir: Path, work: Path, data_root: Path, epochs: int, th
 
     def time_reference(round_index: int) -> list[tuple[float, float]]:
         out = run(ref_cmd, ref_dir, threads)
-        return [(float(s), 100 * float(acc)) for s, acc in
-                (line.split()[1:] for line in out.splitlines() if line.startswith("PERF_EVAL"))]
+        rows = [line.split()[1:] for line in out.splitlines() if line.startswith("PERF_EVAL")]
+        if not rows:
+            raise SystemExit(f"the reference's evaluation printed no PERF_EVAL line:\n{out[-2000:]}")
+        return [(float(s), 100 * float(acc)) for s, acc in rows]
 
     def time_ours(round_index: int) -> tuple[float, list[float]]:
         out = run([sys.executable, "-c", code], REPO, threads, _ours_env(compile_ours, bf16))
