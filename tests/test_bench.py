@@ -176,6 +176,19 @@ def test_label_regimes_pair_each_set_with_random_real_under_the_same_protocol(tm
     assert "| minimax | mnist | 10 | convnet | teacher | teacher | 95.00 | 94.00 | +1.00" in page
 
 
+def test_a_teacher_cells_recipe_shows_the_teachers_own_accuracy(tmp_path):
+    from gendistill.bench.leaderboard import write_leaderboard
+
+    proto = {"name": "teacher", "epochs": 100, "cutmix_prob": 1.0, "lr": 0.001, "teacher": "convnet"}
+    cell = {"cell": "c", "method": "random", "dataset": "mnist", "ipc": 10, "protocol": "teacher",
+            "eval_model": "convnet", "status": "done",
+            "result": {"mean": 80.0, "std": 0.0, "accs": [80.0], "protocol": proto,
+                       "teacher": {"test_accuracy": 88.61}}}
+    write_leaderboard([cell], tmp_path)
+    assert "teacher: 100 ep, cutmix p=1.0, lr 0.001, teacher 88.61 %" in (tmp_path / "leaderboard.md").read_text()
+    assert "88.61" in (tmp_path / "leaderboard.csv").read_text().splitlines()[1]
+
+
 def test_ray_dispatch_on_a_local_instance(tmp_path, mnist_root):
     ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'gendistill[ray]')")
     spec = small_spec(methods=["random", TINY_DM])

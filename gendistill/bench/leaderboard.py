@@ -25,7 +25,7 @@ CSV_COLUMNS = [
     "gap", "distill_time_s", "eval_time_s", "peak_memory_mb", "device", "flops",
     # extra columns so the CSV carries what the tables show
     "protocol_epochs", "augmentation", "lr", "published_network", "published_citation", "published_like_for_like",
-    "precision", "recall", "density", "coverage", "diversity", "agreement", "grid", "run_dir",
+    "precision", "recall", "density", "coverage", "diversity", "agreement", "grid", "run_dir", "teacher_accuracy",
 ]
 MAIN_HEADERS = ["cell", "method", "dataset", "IPC", "seed", "eval net", "protocol (recipe)", "status",
                 "accuracy (%)", "reduced", "published (%)", "gap (pts)", "distill time (s)", "eval time (s)",
@@ -133,6 +133,8 @@ def _facts(cell: dict, published: Callable | None) -> dict[str, Any]:
     f["protocol_epochs"] = proto.get("epochs")
     f["augmentation"] = _augmentation(proto) if proto else ""
     f["lr"] = "from synset" if proto.get("lr_from_synset") else proto.get("lr")
+    # the teacher's own test accuracy (teacher regimes; results since the field existed): the labels' ceiling
+    f["teacher_accuracy"] = ((res or {}).get("teacher") or {}).get("test_accuracy")
     notes = []
     if syn.get("reduced_budget"):
         notes.append("distillation: reduced budget" + (f" ({syn['preset']} preset)" if syn.get("preset") else ""))
@@ -175,7 +177,8 @@ def _facts(cell: dict, published: Callable | None) -> dict[str, Any]:
 def _recipe(f: dict) -> str:
     if f["protocol_epochs"] is None:
         return str(f["protocol"])
-    return f"{f['protocol']}: {f['protocol_epochs']} ep, {f['augmentation']}, lr {f['lr']}"
+    teacher = f", teacher {f['teacher_accuracy']:.2f} %" if f.get("teacher_accuracy") is not None else ""
+    return f"{f['protocol']}: {f['protocol_epochs']} ep, {f['augmentation']}, lr {f['lr']}{teacher}"
 
 
 def _main_row(f: dict) -> list[str]:
