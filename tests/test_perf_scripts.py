@@ -204,3 +204,24 @@ def test_one_iteration_per_round_gets_no_loss_verdict(perf_scripts):
     assert record["reference"]["iterations_timed"] == len(record["rounds"]) == 2
     row = table.render([record])
     assert "n/a, one iteration per round" in row and "**no**" not in row
+
+
+def test_the_machine_probe_reports_three_positive_rates(perf_scripts, monkeypatch):
+    monkeypatch.syspath_prepend(str(PERF))
+    import machine_probe
+
+    rec = machine_probe.probe(threads=1, repeats=1)
+    assert rec["threads"] == 1
+    assert all(rec[k] > 0 for k in ("conv_gflops", "gemm_gflops", "copy_gbs"))
+    with pytest.raises(SystemExit) as exc:
+        machine_probe.main(["--threads", "0"])
+    assert exc.value.code == 2
+
+
+def test_the_table_shows_the_machine_probe_before_and_after(perf_scripts):
+    _, table = perf_scripts
+    evaluation = json.loads((PERF.parents[1] / "results" / "perf" / "evaluate.json").read_text())
+    assert "machine probe" not in table.render([evaluation])  # older records have none
+    evaluation["probe_before"] = {"threads": 2, "conv_gflops": 180.4, "gemm_gflops": 150.0, "copy_gbs": 21.96}
+    evaluation["probe_after"] = {"threads": 2, "conv_gflops": 120.0, "gemm_gflops": 149.0, "copy_gbs": 12.0}
+    assert "machine probe before / after: conv 180 / 120 GFLOP/s, copy 22.0 / 12.0 GB/s" in table.render([evaluation])

@@ -795,6 +795,14 @@ def compare_evaluate(ref_dir: Path, work: Path, data_root: Path, epochs: int, th
     return result
 
 
+def machine_probe(threads: int) -> dict:
+    """The machine's current speed (``machine_probe.py``, in a child on ``threads`` threads): recorded before and
+    after a comparison, so that records taken at different times can be told apart by the machine's state."""
+    out = run([sys.executable, str(Path(__file__).resolve().parent / "machine_probe.py"), "--threads", str(threads)],
+              REPO, threads)
+    return json.loads(next(line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("PROBE ")))
+
+
 def machine() -> dict:
     import torch
 
@@ -842,6 +850,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-reference", type=Path, default=None, metavar="FILE",
                     help="methods: run only the reference, once, under torch.profiler over its timed iterations, and "
                          "write its top operators by self CPU time to FILE (no timing record)")
+    ap.add_argument("--no-probe", action="store_true",
+                    help="skip the machine probe (machine_probe.py) run before and after the comparison")
     ap.add_argument("--json", default=None)
     ap.add_argument("--keep", default=None, metavar="DIR",
                     help="work in DIR (must be new or empty) and keep the patched reference, data, buffers and runs")
@@ -874,6 +884,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir()
         commit = export_reference(Path(args.ref), ref_dir, reference)
         start = time.perf_counter()
+        probe_before = None if args.profile_reference or args.no_probe else machine_probe(args.threads)
         if args.profile_reference:
             table = profile_reference(args.comparison, ref_dir, work, data_root, args.iterations, args.threads,
                                       args.warmup, args.sets, args.experts, args.expert_epochs,
@@ -899,6 +910,8 @@ def main(argv: list[str] | None = None) -> int:
             result["losses_agree"] = abs(r["loss_mean"] - o["loss_mean"]) <= 3 * se + 1e-12
     result.update(comparison=args.comparison, reference_repo=REFERENCES[reference][0], reference_commit=commit,
                   threads=args.threads, machine=machine(), wall_s=time.perf_counter() - start,
+                  **({} if probe_before is None else {"probe_before": probe_before,
+                                                      "probe_after": machine_probe(args.threads)}),
                   command=" ".join(["python", "scripts/perf/compare.py", *(argv or sys.argv[1:])]))
     text = json.dumps(result, indent=2)
     print(text)

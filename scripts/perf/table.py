@@ -57,6 +57,10 @@ def _row(rec: dict, machine: str) -> str:
         changed += "; ours only: " + ", ".join(f"`{item}`" for item in rec["ours_set"])
     if rec.get("ours_inductor_cache"):
         changed += f"; inductor cache {rec['ours_inductor_cache']}"
+    if rec.get("probe_before"):  # compare.py's machine probe, before and after the comparison
+        b, a = rec["probe_before"], rec["probe_after"]
+        changed += (f"; machine probe before / after: conv {b['conv_gflops']:.0f} / {a['conv_gflops']:.0f} GFLOP/s, "
+                    f"copy {b['copy_gbs']:.1f} / {a['copy_gbs']:.1f} GB/s")
     if rec.get("conditions"):  # what the machine was doing, written into a record by hand after the run
         changed += f"; {rec['conditions']}"
     return (f"| `{rec['comparison']}` | {rec['reference_repo']}@{rec['reference_commit'][:7]} | "
