@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from gendistill.nn.nets import ConvNet, create_network, list_networks
+from gendistill.nn.nets import ConvNet, InstanceNorm, create_network, list_networks
 from gendistill.utils.errors import GendistillError, NetworkInputError
 
 
@@ -18,6 +18,27 @@ def test_convnet3_matches_reference_structure():
     assert net.embed(torch.zeros(2, 1, 28, 28)).shape == (2, 2048)
     net32 = create_network("convnet", 3, 10, 32)
     assert net32.features[0].padding == (1, 1) and net32.embed(torch.zeros(1, 3, 32, 32)).shape == (1, 2048)
+
+
+def test_instance_norm_is_group_norm_and_runs_in_float32_under_bf16_autocast():
+    gen = torch.Generator().manual_seed(0)
+    norm, ref = InstanceNorm(8), nn.GroupNorm(8, 8)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(8, generator=gen))
+        norm.bias.copy_(torch.randn(8, generator=gen))
+    ref.load_state_dict(norm.state_dict())  # same parameters and keys as nn.GroupNorm(C, C)
+    x = torch.randn(3, 8, 6, 6, generator=gen)
+    torch.testing.assert_close(norm(x), ref(x))
+    half = x.bfloat16().requires_grad_()
+    with torch.autocast("cpu", torch.bfloat16):
+        out = norm(half)
+    assert out.dtype == torch.float32  # the norm of the bf16 activation, computed in float32
+    torch.testing.assert_close(out, ref(half.detach().float()))
+    out.sum().backward()
+    assert half.grad.dtype == torch.bfloat16 and torch.isfinite(half.grad).all()
+    with torch.autocast("cpu", torch.bfloat16):  # a whole ConvNet-3 under autocast: float32 norms, finite logits
+        logits = create_network("convnet", 1, 10, 28, seed=0)(torch.randn(2, 1, 28, 28, generator=gen))
+    assert torch.isfinite(logits).all()
 
 
 @pytest.mark.parametrize("name,norm", [("convnet_bn", nn.BatchNorm2d), ("convnet_ln", nn.LayerNorm),

@@ -200,9 +200,9 @@ def split_accuracy(net: nn.Module, test: RealDataset, batch_size: int = 100, dev
     # channels_last, and rows passed in cache-sized blocks (gendistill.nn.blocking), are each faster for CPU
     # inference: a 10,000-image MNIST pass of ConvNet-3 in blocks is 1.38x faster than in whole channels_last
     # batches of 100 (scripts/perf/micro_ideas.py --more; docs/performance.md).
-    # Not under bfloat16 autocast: a channels-last bf16 group norm ran ~6x slower than a contiguous one on the
-    # avx512_bf16 machine (2,000 MNIST images through ConvNet-3: 1.14 s against 0.17 s).
-    fmt = torch.channels_last if device.type == "cpu" and autocast is None else torch.contiguous_format
+    # Also under bfloat16 autocast, where ConvNet's instance norm runs in float32 (gendistill.nn.nets.InstanceNorm):
+    # a bfloat16 group norm was ~6x slower channels-last (2,000 images through ConvNet-3: 1.14 s against 0.17 s).
+    fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     net.eval().to(memory_format=fmt)
     correct = torch.zeros((), dtype=torch.long, device=device)
     forward = with_autocast(network_forward(net), device, autocast)
