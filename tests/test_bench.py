@@ -187,6 +187,10 @@ def test_a_teacher_cells_recipe_shows_the_teachers_own_accuracy(tmp_path):
     write_leaderboard([cell], tmp_path)
     assert "teacher: 100 ep, cutmix p=1.0, lr 0.001, teacher 88.61 %" in (tmp_path / "leaderboard.md").read_text()
     assert "88.61" in (tmp_path / "leaderboard.csv").read_text().splitlines()[1]
+    cell["result"]["autocast"] = "bf16"  # an evaluation under bfloat16 autocast says so in its recipe and the CSV
+    write_leaderboard([cell], tmp_path)
+    assert "teacher 88.61 %, bf16 autocast" in (tmp_path / "leaderboard.md").read_text()
+    assert (tmp_path / "leaderboard.csv").read_text().splitlines()[1].endswith(",bf16")
 
 
 def test_ray_dispatch_on_a_local_instance(tmp_path, mnist_root):

@@ -18,8 +18,8 @@ from gendistill.nn.nets import create_network
 from gendistill.utils.errors import ConfigError
 
 
-@pytest.mark.parametrize(("value", "name"), [("", None), ("0", None), ("fp32", None), ("bf16", "bf16"),
-                                             ("BFloat16", "bf16")])
+@pytest.mark.parametrize(("value", "name"), [("", "auto"), ("auto", "auto"), ("0", None), ("fp32", None),
+                                             ("bf16", "bf16"), ("BFloat16", "bf16")])
 def test_the_environment_variable_names_the_precision(monkeypatch, value, name):
     monkeypatch.setenv("GENDISTILL_AUTOCAST", value)
     assert precision.autocast_name() == name
@@ -38,6 +38,34 @@ def test_a_cpu_without_a_bfloat16_unit_is_refused(monkeypatch):
         precision.autocast_dtype("cpu")
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     assert precision.autocast_dtype("cpu") is torch.bfloat16
+
+
+def test_auto_is_bfloat16_only_for_convnets_with_instance_norm_on_a_cpu_with_the_unit(monkeypatch):
+    monkeypatch.delenv("GENDISTILL_AUTOCAST", raising=False)  # unset: auto, the default
+    convnet, batch_norm = create_network("convnet_w8", 1, 10, 16), create_network("convnet_w8_bn", 1, 10, 16)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    assert precision.autocast_dtype("cpu", convnet) is torch.bfloat16
+    assert precision.autocast_dtype("cpu", batch_norm) is None and precision.autocast_dtype("cpu") is None
+    assert precision.autocast_dtype("cpu", create_network("mlp", 1, 10, 16)) is None
+    assert precision.autocast_dtype("cuda", convnet) is None  # measured on CPUs only
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    assert precision.autocast_dtype("cpu", convnet) is None  # emulated bfloat16 would be slower: float32
+    monkeypatch.setenv("GENDISTILL_AUTOCAST", "0")
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    assert precision.autocast_dtype("cpu", convnet) is None
+
+
+def test_the_cli_sets_the_precision_and_refuses_both_flags(monkeypatch, capsys):
+    from gendistill.cli.main import main
+
+    monkeypatch.setenv("GENDISTILL_AUTOCAST", "auto")
+    assert main(["--bf16", "--fp32", "models"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--bf16 and --fp32" in err
+    assert main(["--fp32", "models"]) == 0
+    import os
+
+    assert os.environ["GENDISTILL_AUTOCAST"] == "0"
 
 
 def test_the_cpu_facts_come_from_one_parse_of_the_first_processor():
@@ -65,7 +93,7 @@ def test_the_wrapped_forward_computes_in_bfloat16_and_returns_float32():
 def test_a_bf16_evaluation_trains_in_bfloat16_and_is_recorded(tiny_train, tiny_test, monkeypatch):
     syn = _synset(tiny_train)
     proto = dataclasses.replace(TINY, ensemble="sequential")
-    monkeypatch.delenv("GENDISTILL_AUTOCAST", raising=False)
+    monkeypatch.setenv("GENDISTILL_AUTOCAST", "0")  # float32 requested
     fp32 = evaluate(syn, tiny_test, proto, progress=False)
     monkeypatch.setenv("GENDISTILL_AUTOCAST", "bf16")
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
@@ -76,6 +104,9 @@ def test_a_bf16_evaluation_trains_in_bfloat16_and_is_recorded(tiny_train, tiny_t
     assert fp32.autocast is None and bf16.autocast == "bf16" and bf16.to_dict()["autocast"] == "bf16"
     assert seen == {torch.bfloat16} and "bf16 autocast" in bf16.summary()
     assert all(0 <= a <= 100 for a in bf16.accs) and len(bf16.accs) == len(fp32.accs)
+    monkeypatch.delenv("GENDISTILL_AUTOCAST")  # auto on a CPU with the unit: bfloat16 for this ConvNet
+    auto = evaluate(syn, tiny_test, proto, progress=False)
+    assert auto.autocast == "bf16" and auto.accs == bf16.accs
 
 
 def _record(seen: set[torch.dtype], out: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ CSV_COLUMNS = [
     # extra columns so the CSV carries what the tables show
     "protocol_epochs", "augmentation", "lr", "published_network", "published_citation", "published_like_for_like",
     "precision", "recall", "density", "coverage", "diversity", "agreement", "grid", "run_dir", "teacher_accuracy",
+    "autocast",
 ]
 MAIN_HEADERS = ["cell", "method", "dataset", "IPC", "seed", "eval net", "protocol (recipe)", "status",
                 "accuracy (%)", "reduced", "published (%)", "gap (pts)", "distill time (s)", "eval time (s)",
@@ -135,6 +136,7 @@ def _facts(cell: dict, published: Callable | None) -> dict[str, Any]:
     f["lr"] = "from synset" if proto.get("lr_from_synset") else proto.get("lr")
     # the teacher's own test accuracy (teacher regimes; results since the field existed): the labels' ceiling
     f["teacher_accuracy"] = ((res or {}).get("teacher") or {}).get("test_accuracy")
+    f["autocast"] = (res or {}).get("autocast")  # the evaluation's precision where not float32 (e.g. bf16)
     notes = []
     if syn.get("reduced_budget"):
         notes.append("distillation: reduced budget" + (f" ({syn['preset']} preset)" if syn.get("preset") else ""))
@@ -178,7 +180,8 @@ def _recipe(f: dict) -> str:
     if f["protocol_epochs"] is None:
         return str(f["protocol"])
     teacher = f", teacher {f['teacher_accuracy']:.2f} %" if f.get("teacher_accuracy") is not None else ""
-    return f"{f['protocol']}: {f['protocol_epochs']} ep, {f['augmentation']}, lr {f['lr']}{teacher}"
+    precision = f", {f['autocast']} autocast" if f.get("autocast") else ""
+    return f"{f['protocol']}: {f['protocol_epochs']} ep, {f['augmentation']}, lr {f['lr']}{teacher}{precision}"
 
 
 def _main_row(f: dict) -> list[str]:

@@ -72,8 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         apply_threads(args.threads)
         if getattr(args, "compile", False):
             os.environ["GENDISTILL_COMPILE"] = "1"
+        if getattr(args, "bf16", False) and getattr(args, "fp32", False):
+            raise GendistillError("--bf16 and --fp32 contradict each other; give one (default: auto)")
         if getattr(args, "bf16", False):
             os.environ["GENDISTILL_AUTOCAST"] = "bf16"
+        if getattr(args, "fp32", False):
+            os.environ["GENDISTILL_AUTOCAST"] = "0"
         from gendistill.nn.compiling import compile_backend
         from gendistill.nn.precision import autocast_name
 

@@ -36,7 +36,7 @@ from gendistill.evaluation.trainer import _accuracy_batched, _needs_sequential, 
 from gendistill.nn.augment import DSA, IDCAugment
 from gendistill.nn.compiling import compile_backend
 from gendistill.nn.nets import create_network
-from gendistill.nn.precision import autocast_dtype, autocast_name
+from gendistill.nn.precision import autocast_dtype
 from gendistill.synset.decoders import multiformation_factor
 from gendistill.synset.format import SyntheticSet
 from gendistill.utils.errors import GendistillError, NonFiniteLossError
@@ -282,8 +282,9 @@ def evaluate(
                 else "batched")
     if mode == "batched" and (_needs_sequential(nets[0]) or teacher is not None):
         raise GendistillError(f"{proto.model} has batch-norm statistics or a teacher; use ensemble=sequential")
-    # bfloat16 autocast ($GENDISTILL_AUTOCAST, --bf16) reaches the sequential networks; the vmapped ensemble stays fp32
-    amp = autocast_dtype(device) if mode != "batched" else None
+    # bfloat16 autocast ($GENDISTILL_AUTOCAST: auto by default, --bf16, --fp32) reaches the sequential networks; the
+    # vmapped ensemble stays fp32
+    amp = autocast_dtype(device, nets[0]) if mode != "batched" else None
     trainer = _Trainer(proto, x, y, lr, dsa, device,
                        pixel_stats=(synset.preprocessing.mean, synset.preprocessing.std),
                        teacher=teacher.to(device) if teacher is not None else None, autocast=amp)
@@ -352,7 +353,7 @@ def evaluate(
                   "hardened" if synset.meta.get("labels_hardened") else "hard",
                 "preprocessing": synset.preprocessing.describe()},
         protocol_source=source, teacher=teacher_record, compiled=compile_backend() if mode != "batched" else None,
-        autocast=autocast_name() if amp is not None else None,
+        autocast="bf16" if amp is not None else None,
         **best,
     )
 

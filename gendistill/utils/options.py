@@ -41,5 +41,8 @@ def add_global_flags(p: argparse.ArgumentParser, top: bool) -> None:
                    "else one per core)", **({"default": None} if top else kw))
     p.add_argument("--compile", action="store_true", help="torch.compile the networks of the shared training loop, "
                    "test passes and DM (sets GENDISTILL_COMPILE=1; the first call compiles for ~20 s)", **kw)
-    p.add_argument("--bf16", action="store_true", help="train and test the evaluation's networks under bfloat16 "
-                   "autocast (sets GENDISTILL_AUTOCAST=bf16; CPUs with avx512_bf16/AMX, or a GPU; recorded)", **kw)
+    p.add_argument("--bf16", action="store_true", help="train and test every evaluation network under bfloat16 "
+                   "autocast (sets GENDISTILL_AUTOCAST=bf16; CPUs with avx512_bf16/AMX, or a GPU; recorded). Default "
+                   "(auto): bfloat16 for the ConvNet family on such a CPU, float32 elsewhere", **kw)
+    p.add_argument("--fp32", action="store_true", help="train and test every evaluation network in float32 (sets "
+                   "GENDISTILL_AUTOCAST=0)", **kw)
