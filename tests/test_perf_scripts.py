@@ -225,3 +225,12 @@ def test_the_table_shows_the_machine_probe_before_and_after(perf_scripts):
     evaluation["probe_before"] = {"threads": 2, "conv_gflops": 180.4, "gemm_gflops": 150.0, "copy_gbs": 21.96}
     evaluation["probe_after"] = {"threads": 2, "conv_gflops": 120.0, "gemm_gflops": 149.0, "copy_gbs": 12.0}
     assert "machine probe before / after: conv 180 / 120 GFLOP/s, copy 22.0 / 12.0 GB/s" in table.render([evaluation])
+
+
+def test_the_precision_check_refuses_empty_counts(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(PERF))
+    import precision_check
+
+    with pytest.raises(SystemExit) as exc:
+        precision_check.main(["mnist", "10", "100", "--runs", "0"])
+    assert exc.value.code == 2 and "positive counts" in capsys.readouterr().err
