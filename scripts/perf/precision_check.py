@@ -1,7 +1,7 @@
 """Does bfloat16 autocast change the evaluation's accuracy? The ``dsa`` evaluation of one random-real set, float32
 against bf16 autocast (the same set, networks and seeds; each precision in its own process), ``--runs`` networks each.
 
-    python scripts/perf/precision_check.py mnist 10 100 --json results/perf/avx512_bf16/precision/precision_mnist_ipc10.json
+    python scripts/perf/precision_check.py mnist 10 100 --json results/perf/avx512_bf16/precision/mnist_ipc10.json
 
 The rule for turning bf16 on by default (issue "Speed"): the mean accuracy moves by at most 0.3 points over 3 runs.
 Needs a CPU with ``avx512_bf16``/AMX (or a GPU); the seconds are wall time on whatever else the machine is doing.
