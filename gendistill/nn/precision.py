@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from gendistill.nn.nets import ConvNet, InstanceNorm
 from gendistill.utils.errors import ConfigError
 from gendistill.utils.resources import cpu_info
 
@@ -54,8 +55,6 @@ def autocast_name() -> str | None:
 def bf16_pays(net: nn.Module) -> bool:
     """Whether ``auto`` trains ``net`` in bfloat16 on a CPU with the unit: the ConvNet family with instance norms
     (where it was measured); any other norm (batch, layer) or network stays float32."""
-    from gendistill.nn.nets import ConvNet, InstanceNorm
-
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm)]
     return isinstance(net, ConvNet) and bool(norms) and all(isinstance(m, InstanceNorm) for m in norms)
 
